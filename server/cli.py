@@ -1,0 +1,108 @@
+"""`longserve` command line: `serve` and `models prepare`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pydantic import ValidationError
+
+
+def _number(text: str) -> int | float:
+    return int(text) if text.isdigit() else float(text)
+
+
+def _serve_parser(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="start the OpenAI-compatible server",
+        description="Start the server. Flags not listed here are passed to vLLM's engine "
+        "as `vllm serve` reads them (e.g. --dtype, --tensor-parallel-size). Every flag "
+        "also reads LONGSERVE_<NAME> from the environment (e.g. LONGSERVE_PORT).",
+    )
+    add = p.add_argument
+    add("--model", help="local Hugging Face model directory or hub id "
+        "(default: the embedded SmolLM2-135M-Instruct)")
+    add("--served-model-name", help="model name clients send (default: directory name)")
+    add("--host", help="bind address (default 0.0.0.0)")
+    add("--port", type=int, help="port (default 8000)")
+    add("--max-model-len", type=int, help="context length in tokens (default: the model's)")
+    add("--api-key", help="require `Authorization: Bearer KEY` (all routes but /health, /ready)")
+    add("--kv-cache-memory", help="KV cache size, e.g. 2GiB (default: 2GiB on CPU; on GPU, "
+        "vLLM's --gpu-memory-utilization share)")
+    add("--max-num-seqs", type=int, help="requests the engine runs at once")
+    add("--enforce-eager", action="store_true", default=None,
+        help="no graph compilation: starts in seconds instead of minutes")
+    add("--max-request-bytes", help="largest request body, e.g. 16MiB (default 16MiB)")
+    add("--max-queued-requests", type=int,
+        help="waiting requests beyond which new ones get 429 (default 256)")
+    add("--kv-policy", help="default KV cache policy (default: full)")
+    add("--kv-budget", type=_number, help="default KV budget: ratio in (0,1] or token count")
+    add("--context-strategy", help="default long-context strategy (default: reject)")
+    add("--log-level", help="debug, info, warning, error (default info)")
+
+
+def _serve(args: argparse.Namespace, vllm_extra: list[str]) -> int:
+    import uvicorn
+
+    from server.app import build_app
+    from server.settings import Settings
+
+    given = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    try:
+        settings = Settings(**given)
+    except ValidationError as exc:
+        for err in exc.errors():
+            flag = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
+            print(f"longserve serve: {flag}: {err['msg']}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = build_app(settings, vllm_extra)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    ))
+    app.state.server = server
+    server.run()
+    return app.state.exit_code
+
+
+def _models(args: argparse.Namespace) -> int:
+    from server import model_store
+
+    if args.models_command == "path":
+        print(model_store.default_model_dir())
+        return 0
+    logging.basicConfig(level="INFO", format="%(message)s")
+    try:
+        path, built = model_store.prepare(force=args.force)
+    except model_store.ModelPrepareError as exc:
+        print(f"longserve models prepare: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'prepared' if built else 'already prepared'}: {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="longserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    models = sub.add_parser("models", help="manage the embedded default model")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    prep = msub.add_parser("prepare", help="convert the packaged GGUF to a bf16 checkpoint "
+                           "(idempotent; rebuilds a corrupted or partial cache)")
+    prep.add_argument("--force", action="store_true", help="rebuild even if the cache is valid")
+    msub.add_parser("path", help="print where the default model's checkpoint lives")
+
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "serve":
+        return _serve(args, extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return _models(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Engine wiring: longserve settings -> vLLM's own argument namespace -> `AsyncLLM`.
+
+The namespace comes from vLLM's `vllm serve` parser, so any vLLM flag the user passes
+after longserve's own (`longserve serve --dtype float32 ...`) means what it means there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from argparse import Namespace
+from pathlib import Path
+
+from server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+WORKER_EXTENSION = "server.worker_extension.LongserveWorkerExtension"
+CPU_DEFAULT_KV_CACHE = 2 * 2**30
+
+
+def resolve_model(settings: Settings) -> tuple[str, str]:
+    """(model path or hub id, served name); prepares the embedded model if none is given."""
+    if settings.model:
+        model = settings.model
+    else:
+        from server import model_store
+
+        model = str(model_store.prepare()[0])
+    name = settings.served_model_name or Path(model.rstrip("/")).name
+    return model, name
+
+
+def _kv_cache_bytes(settings: Settings) -> int | None:
+    if settings.kv_cache_memory is not None:
+        return settings.kv_cache_memory
+    from vllm.platforms import current_platform
+
+    # vLLM's CPU default asks for more memory than it sees free on small hosts.
+    return CPU_DEFAULT_KV_CACHE if current_platform.is_cpu() else None
+
+
+def vllm_namespace(settings: Settings, model: str, name: str, extra: list[str]) -> Namespace:
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    argv = ["--model", model, "--served-model-name", name,
+            "--worker-extension-cls", WORKER_EXTENSION]
+    if settings.max_model_len:
+        argv += ["--max-model-len", str(settings.max_model_len)]
+    if settings.max_num_seqs:
+        argv += ["--max-num-seqs", str(settings.max_num_seqs)]
+    if settings.enforce_eager:
+        argv.append("--enforce-eager")
+    kv_bytes = _kv_cache_bytes(settings)
+    if kv_bytes is not None:
+        if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            logger.warning("VLLM_CPU_KVCACHE_SPACE is set and overrides --kv-cache-memory")
+        argv += ["--kv-cache-memory-bytes", str(kv_bytes)]
+    return make_arg_parser(FlexibleArgumentParser()).parse_args(argv + extra)
+
+
+def create_engine(args: Namespace, stat_loggers: list):
+    """Start vLLM's AsyncLLM in this process (its engine core runs in a child process).
+    Call from inside the running event loop so its output handler starts at once."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    return AsyncLLM.from_engine_args(
+        AsyncEngineArgs.from_cli_args(args),
+        usage_context=UsageContext.OPENAI_API_SERVER,
+        stat_loggers=stat_loggers,
+    )

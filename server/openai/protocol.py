@@ -1,0 +1,124 @@
+"""Request schemas: vLLM's OpenAI requests plus longserve's extensions.
+
+`kv_policy` and `context_strategy` are validated here (a bad name is a 400 listing the
+valid ones), filled with the server defaults by the route, carried to the engine in
+`SamplingParams.extra_args["longserve"]`, and echoed in the response's `longserve` field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+from vllm.renderers.params import TokenizeParams
+
+from cache_policies.registry import make_config, policy_names
+from server.context.registry import strategy_names
+
+# Prompts are tokenized up to this many times the context length, so a `reject` error can
+# state the real prompt length; beyond it vLLM stops tokenizing (bounding the cost of
+# absurd inputs) and its error says "at least N tokens".
+TOKENIZE_HEADROOM = 8
+
+
+class KVPolicySpec(BaseModel):
+    """`{"name": "full", "budget": null}`: which KV cache policy a request runs under."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description=f"KV cache policy; one of: {', '.join(policy_names())}")
+    budget: int | float | None = Field(
+        None,
+        description="KV kept per sequence: a ratio in (0, 1] of the prompt, or a token "
+        "count; omitted = the policy's default",
+    )
+
+    @model_validator(mode="after")
+    def _registered(self) -> KVPolicySpec:
+        make_config(self.name, self.budget)
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class _CountingTokenizeParams(TokenizeParams):
+    """vLLM's tokenize params with a higher tokenization ceiling (see TOKENIZE_HEADROOM).
+    Length errors still quote the model's real `max_total_tokens`."""
+
+    count_limit: int = 0
+
+    @property
+    def max_input_tokens(self) -> int | None:
+        return self.count_limit
+
+
+class LongserveFields(BaseModel):
+    kv_policy: KVPolicySpec | None = Field(
+        None, description="KV cache policy for this request; default: the server's")
+    context_strategy: str | None = Field(
+        None,
+        description="what to do with a request longer than the context; one of: "
+        f"{', '.join(strategy_names())}; default: the server's",
+    )
+
+    @field_validator("context_strategy")
+    @classmethod
+    def _known_strategy(cls, value: str | None) -> str | None:
+        if value is not None and value not in strategy_names():
+            raise ValueError(
+                f"unknown context_strategy {value!r}; valid names: {', '.join(strategy_names())}"
+            )
+        return value
+
+    def applied(self) -> dict[str, Any]:
+        """What longserve applies to this request (after server defaults are filled in)."""
+        return {
+            "kv_policy": self.kv_policy.model_dump() if self.kv_policy else None,
+            "context_strategy": self.context_strategy,
+        }
+
+    def requested_tokens(self) -> int | None:
+        return getattr(self, "max_completion_tokens", None) or self.max_tokens  # type: ignore[attr-defined]
+
+    def build_tok_params(self, model_config) -> TokenizeParams:
+        params = super().build_tok_params(model_config)  # type: ignore[misc]
+        if params.truncate_prompt_tokens is not None or params.max_total_tokens is None:
+            return params  # the client asked vLLM to truncate: keep vLLM's rules
+        fields = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+        return _CountingTokenizeParams(
+            **fields, count_limit=params.max_total_tokens * TOKENIZE_HEADROOM)
+
+    def to_sampling_params(self, *args, **kwargs):
+        params = super().to_sampling_params(*args, **kwargs)  # type: ignore[misc]
+        params.extra_args = {**(params.extra_args or {}), "longserve": self.applied()}
+        return params
+
+
+def _at_least_one(value: int | None, field: str) -> int | None:
+    if value is not None and value < 1:
+        raise ValueError(f"{field} must be at least 1, got {value}")
+    return value
+
+
+class LongserveChatCompletionRequest(LongserveFields, ChatCompletionRequest):
+    @field_validator("messages")
+    @classmethod
+    def _not_empty(cls, value: list) -> list:
+        if not value:
+            raise ValueError("messages must contain at least one message")
+        return value
+
+    @field_validator("max_tokens", "max_completion_tokens")
+    @classmethod
+    def _positive(cls, value: int | None, info) -> int | None:
+        return _at_least_one(value, info.field_name)
+
+
+class LongserveCompletionRequest(LongserveFields, CompletionRequest):
+    @model_validator(mode="after")
+    def _positive(self) -> LongserveCompletionRequest:
+        if not self.echo:  # vLLM allows max_tokens=0 only to echo the prompt back
+            _at_least_one(self.max_tokens, "max_tokens")
+        return self

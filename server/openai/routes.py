@@ -1,0 +1,124 @@
+"""`/v1/chat/completions`, `/v1/completions`, `/v1/models`.
+
+Each route validates the longserve extensions, fills in the server defaults, takes an
+admission ticket, hands the request to vLLM's serving object and shapes the answer:
+vLLM's response plus a `longserve` field saying what was applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import JSONResponse, StreamingResponse
+from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+from vllm.entrypoints.serve.utils.api_utils import validate_json_request, with_cancellation
+
+from server import metrics
+from server.errors import count_error
+from server.openai.protocol import (
+    KVPolicySpec,
+    LongserveChatCompletionRequest,
+    LongserveCompletionRequest,
+    LongserveFields,
+)
+from server.state import serving_or_503
+
+router = APIRouter()
+
+
+def _fill_defaults(request: LongserveFields, settings) -> None:
+    if request.kv_policy is None:
+        request.kv_policy = KVPolicySpec(name=settings.kv_policy, budget=settings.kv_budget)
+    if request.context_strategy is None:
+        request.context_strategy = settings.context_strategy
+
+
+def _with_applied(chunk: str, applied: dict) -> str:
+    """Add the `longserve` field to one SSE `data: {...}` event."""
+    payload = chunk.removeprefix("data: ").strip()
+    if not chunk.startswith("data: ") or payload == "[DONE]":
+        return chunk
+    event = json.loads(payload)
+    if "error" not in event:
+        event["longserve"] = applied
+    return f"data: {json.dumps(event, separators=(',', ':'))}\n\n"
+
+
+async def _stream(events: AsyncGenerator[str, None], ticket, applied: dict):
+    """Relay vLLM's SSE events; the first carries `longserve`. If the client goes away
+    mid-stream, closing vLLM's generator aborts the request in the engine."""
+    finished = False
+    try:
+        first = True
+        async for event in events:
+            yield _with_applied(event, applied) if first else event
+            first = False
+        finished = True
+    finally:
+        ticket.release()
+        if not finished:
+            metrics.DISCONNECTS.labels(stream="true").inc()
+        await events.aclose()
+
+
+async def _serve(raw_request: Request, request: LongserveFields, endpoint: str, create):
+    state = raw_request.app.state
+    serving = serving_or_503(state)
+    _fill_defaults(request, state.settings)
+    ticket = state.admission.admit(getattr(request, "n", None) or 1)
+    try:
+        result = await create(serving)
+    except BaseException:
+        ticket.release()
+        raise
+    if isinstance(result, ErrorResponse):
+        ticket.release()
+        if asyncio.current_task().cancelling():  # with_cancellation: the client left
+            metrics.DISCONNECTS.labels(stream="false").inc()
+        count_error(result.error.code, result.error.type)
+        return JSONResponse(result.model_dump(), status_code=result.error.code)
+    applied = request.applied()
+    metrics.REQUESTS.labels(
+        endpoint=endpoint,
+        kv_policy=applied["kv_policy"]["name"],
+        context_strategy=applied["context_strategy"],
+    ).inc()
+    if isinstance(result, AsyncGenerator):
+        return StreamingResponse(_stream(result, ticket, applied), media_type="text/event-stream")
+    ticket.release()
+    return JSONResponse({**result.model_dump(), "longserve": applied})
+
+
+@router.post(
+    "/v1/chat/completions",
+    dependencies=[Depends(validate_json_request)],
+    response_model=None,
+)
+@with_cancellation
+async def create_chat_completion(request: LongserveChatCompletionRequest, raw_request: Request):
+    return await _serve(
+        raw_request, request, "chat",
+        lambda s: s.chat.create_chat_completion(request, raw_request),
+    )
+
+
+@router.post(
+    "/v1/completions",
+    dependencies=[Depends(validate_json_request)],
+    response_model=None,
+)
+@with_cancellation
+async def create_completion(request: LongserveCompletionRequest, raw_request: Request):
+    return await _serve(
+        raw_request, request, "completion",
+        lambda s: s.completion.create_completion(request, raw_request),
+    )
+
+
+@router.get("/v1/models")
+async def list_models(raw_request: Request):
+    serving = serving_or_503(raw_request.app.state)
+    return JSONResponse((await serving.models.show_available_models()).model_dump())

@@ -1,0 +1,120 @@
+"""vLLM's OpenAI serving objects, reused; longserve adds one step after tokenization.
+
+Chat templating, tokenization, sampling parameters, streaming and usage are vLLM's own
+(`OpenAIServingChat`, `OpenAIServingCompletion`). The subclasses apply the request's
+context strategy to the tokenized prompt before anything reaches the engine.
+"""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from dataclasses import dataclass
+
+from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
+from vllm.entrypoints.openai.models.protocol import BaseModelPath
+from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+from vllm.renderers.online_renderer import OnlineRenderer
+
+from server.context.registry import get_strategy
+
+
+class _ContextStrategyStep:
+    def _apply_context_strategy(self, request, engine_inputs, field: str) -> None:
+        strategy = get_strategy(request.context_strategy)
+        for engine_input in engine_inputs:
+            strategy.check(
+                prompt_tokens=self._extract_prompt_len(engine_input),  # type: ignore[attr-defined]
+                requested_tokens=request.requested_tokens(),
+                max_model_len=self.model_config.max_model_len,  # type: ignore[attr-defined]
+                field=field,
+            )
+
+
+class LongserveServingChat(_ContextStrategyStep, OpenAIServingChat):
+    async def render_chat_request(self, request):
+        result = await super().render_chat_request(request)
+        if not isinstance(result, ErrorResponse):
+            self._apply_context_strategy(request, result[1], "messages")
+        return result
+
+
+class LongserveServingCompletion(_ContextStrategyStep, OpenAIServingCompletion):
+    async def render_completion_request(self, request):
+        result = await super().render_completion_request(request)
+        if not isinstance(result, ErrorResponse):
+            self._apply_context_strategy(request, result, "prompt")
+        return result
+
+
+@dataclass
+class Serving:
+    models: OpenAIServingModels
+    chat: LongserveServingChat
+    completion: LongserveServingCompletion
+
+
+async def build_serving(engine, args: Namespace) -> Serving:
+    """The serving objects `vllm serve` builds in `init_app_state`, from the same argument
+    namespace and with the same keyword arguments, so vLLM's chat-template, tool-parser
+    and logging flags behave as they do there."""
+    from vllm.entrypoints.launchers.cli_args import resolve_default_chat_template_kwargs
+    from vllm.entrypoints.serve.utils.api_utils import process_lora_modules
+    from vllm.entrypoints.serve.utils.request_logger import RequestLogger
+    from vllm.renderers.chat_utils import load_chat_template
+
+    request_logger = (
+        RequestLogger(max_log_len=args.max_log_len) if args.enable_log_requests else None
+    )
+    chat_template = load_chat_template(args.chat_template)
+    template_kwargs = resolve_default_chat_template_kwargs(args)
+    lora_config = engine.vllm_config.lora_config
+    models = OpenAIServingModels(
+        engine_client=engine,
+        base_model_paths=[
+            BaseModelPath(name=name, model_path=args.model)
+            for name in (args.served_model_name or [args.model])
+        ],
+        lora_modules=process_lora_modules(
+            args.lora_modules, lora_config.default_mm_loras if lora_config else {}
+        ),
+    )
+    await models.init_static_loras()
+    tools = dict(
+        chat_template=chat_template,
+        chat_template_content_format=args.chat_template_content_format,
+        trust_request_chat_template=args.trust_request_chat_template,
+        enable_auto_tools=args.enable_auto_tool_choice,
+        exclude_tools_when_tool_choice_none=args.exclude_tools_when_tool_choice_none,
+        tool_parser=args.tool_call_parser,
+        tool_strict_level=args.tool_strict_level,
+        reasoning_parser=args.structured_outputs_config.reasoning_parser,
+        default_chat_template_kwargs=template_kwargs,
+    )
+    renderer = OnlineRenderer(
+        engine.model_config,
+        engine.renderer,
+        request_logger=request_logger,
+        trust_request_mm_kwargs=args.trust_request_mm_kwargs,
+        log_error_stack=args.log_error_stack,
+        **tools,
+    )
+    renderer.warmup()
+    common = dict(
+        online_renderer=renderer,
+        request_logger=request_logger,
+        return_tokens_as_token_ids=args.return_tokens_as_token_ids,
+        enable_prompt_tokens_details=args.enable_prompt_tokens_details,
+        enable_force_include_usage=args.enable_force_include_usage,
+        enable_per_request_metrics=args.enable_per_request_metrics,
+    )
+    chat = LongserveServingChat(
+        engine, models, args.response_role,
+        enable_log_outputs=args.enable_log_outputs,
+        enable_log_deltas=args.enable_log_deltas,
+        **tools,
+        **common,
+    )
+    completion = LongserveServingCompletion(engine, models, **common)
+    return Serving(models=models, chat=chat, completion=completion)

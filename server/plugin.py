@@ -1,0 +1,13 @@
+"""The vLLM general plugin (entry point `vllm.general_plugins`: longserve).
+
+vLLM calls `register()` in every process it starts (API server, engine core, workers),
+before any model is built. It must stay idempotent and import lazily.
+"""
+
+from __future__ import annotations
+
+
+def register() -> None:
+    from attention_backends.registry import register as register_attention
+
+    register_attention()

@@ -1,0 +1,72 @@
+"""Server settings: one typed model for the CLI, `LONGSERVE_*` environment variables and
+(later) Helm values. CLI flags win over the environment, which wins over the defaults."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cache_policies.registry import make_config
+from server.context.registry import strategy_names
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+          "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "t": 10**12,
+          "tb": 10**12}
+
+
+def parse_bytes(value: str | int) -> int:
+    """'2GiB', '512MiB', '1.5GB', '1073741824' -> bytes."""
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"{value!r} is not a size; use e.g. 2GiB, 512MiB or a byte count")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LONGSERVE_", extra="forbid")
+
+    model: str | None = Field(
+        None, description="local Hugging Face directory or hub id; default: the embedded "
+        "SmolLM2-135M-Instruct prepared by `longserve models prepare`")
+    served_model_name: str | None = Field(
+        None, description="name clients use in `model`; default: the model's directory name")
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    max_model_len: int | None = Field(None, ge=16, description="context length; default: model's")
+    kv_cache_memory: int | None = Field(
+        None, description="bytes of KV cache (accepts 2GiB, 512MiB, ...); default: 2GiB on "
+        "CPU, vLLM's gpu_memory_utilization share on GPU")
+    max_num_seqs: int | None = Field(None, ge=1, description="requests running at once")
+    enforce_eager: bool = Field(False, description="skip graph compilation (fast start)")
+    api_key: SecretStr | None = Field(
+        None, description="require `Authorization: Bearer <key>` on every route but "
+        "/health and /ready")
+    max_request_bytes: int = Field(16 * 2**20, ge=1024, description="largest request body")
+    max_queued_requests: int = Field(
+        256, ge=0, description="requests waiting for the engine beyond which new ones get 429")
+    kv_policy: str = Field("full", description="default KV cache policy")
+    kv_budget: float | int | None = Field(None, description="default KV policy budget")
+    context_strategy: str = Field("reject", description="default long-context strategy")
+    log_level: str = "info"
+
+    @field_validator("kv_cache_memory", "max_request_bytes", mode="before")
+    @classmethod
+    def _sizes(cls, value):
+        return None if value in (None, "") else parse_bytes(value)
+
+    @field_validator("context_strategy")
+    @classmethod
+    def _strategy(cls, value: str) -> str:
+        if value not in strategy_names():
+            raise ValueError(
+                f"unknown context strategy {value!r}; valid: {', '.join(strategy_names())}")
+        return value
+
+    @model_validator(mode="after")
+    def _policy(self) -> Settings:
+        make_config(self.kv_policy, self.kv_budget)  # raises with the valid names
+        return self

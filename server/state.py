@@ -1,0 +1,31 @@
+"""The server's lifecycle: loading -> ready -> draining | dead, kept on `app.state`."""
+
+from __future__ import annotations
+
+import enum
+
+from server import metrics
+from server.errors import ServiceUnavailable
+
+
+class Phase(str, enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    DEAD = "dead"  # the engine stopped or failed to start
+
+
+def set_phase(state, phase: Phase) -> None:
+    state.phase = phase
+    metrics.READY.set(1 if phase is Phase.READY else 0)
+
+
+def serving_or_503(state):
+    """The serving objects, or a 503 (with Retry-After while loading) saying why not."""
+    phase = state.phase
+    if phase is Phase.READY:
+        return state.serving
+    if phase is Phase.LOADING:
+        raise ServiceUnavailable(
+            "the model is still loading; retry shortly", headers={"Retry-After": "5"})
+    raise ServiceUnavailable(f"this server is {phase.value} and takes no new requests")

@@ -1,0 +1,29 @@
+"""Every place longserve relies on a vLLM internal that is not public API. vLLM is pinned
+to one release (pyproject.toml); tests/test_vllm_compat.py checks each of these still
+exists, so an upgrade fails there first, loudly, instead of somewhere at run time."""
+
+from __future__ import annotations
+
+VLLM_VERSION = "0.32.0"
+
+# (module, attribute path) pairs the code below or elsewhere in longserve depends on.
+INTERNALS: list[tuple[str, str]] = [
+    ("vllm.v1.engine.async_llm", "AsyncLLM._run_output_handler"),
+    ("vllm.v1.engine.async_llm", "AsyncLLM.errored"),
+    ("vllm.entrypoints.serve.engine.serving", "BaseServing._extract_prompt_len"),
+    ("vllm.entrypoints.openai.chat_completion.serving", "OpenAIServingChat.render_chat_request"),
+    ("vllm.entrypoints.openai.completion.serving",
+     "OpenAIServingCompletion.render_completion_request"),
+    ("vllm.renderers.params", "TokenizeParams.max_input_tokens"),
+    ("vllm.entrypoints.openai.chat_completion.protocol", "ChatCompletionRequest.build_tok_params"),
+    ("vllm.entrypoints.openai.completion.protocol", "CompletionRequest.build_tok_params"),
+    ("vllm.v1.attention.backends.registry", "register_backend"),
+    ("vllm.v1.attention.backends.cpu_attn", "CPUAttentionBackendImpl.forward"),
+    ("vllm.entrypoints.serve.utils.api_utils", "with_cancellation"),
+]
+
+
+def start_output_handler(engine) -> None:
+    """AsyncLLM starts its output loop only when built inside a running event loop;
+    longserve builds it in a worker thread (its constructor blocks), so start it here."""
+    engine._run_output_handler()
