@@ -19,6 +19,9 @@ from server.state import Phase, set_phase
 logger = logging.getLogger("longserve")
 
 WATCHDOG_INTERVAL_S = 1.0
+# After the engine dies, /ready answers false this long before the process exits, so
+# probes and load balancers see why the replica went away.
+DEATH_EXIT_DELAY_S = 2.0
 
 
 async def _start_engine(app: FastAPI) -> None:
@@ -57,11 +60,14 @@ async def _watch_engine(app: FastAPI) -> None:
     while app.state.phase is not Phase.DEAD:
         if app.state.engine.errored:
             logger.error("the engine died; /ready is now false and the server exits")
+            set_phase(app.state, Phase.DEAD)
+            await asyncio.sleep(DEATH_EXIT_DELAY_S)
             _die(app)
         await asyncio.sleep(WATCHDOG_INTERVAL_S)
 
 
 def _die(app: FastAPI) -> None:
+    """Mark the engine dead and make the process exit with status 1."""
     set_phase(app.state, Phase.DEAD)
     app.state.exit_code = 1
     server = getattr(app.state, "server", None)

@@ -55,6 +55,11 @@ class PayloadTooLarge(LongserveError):
     type = "RequestTooLargeError"
 
 
+class UnsupportedMediaType(LongserveError):
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    type = "UnsupportedMediaTypeError"
+
+
 class QueueFull(LongserveError):
     status = HTTPStatus.TOO_MANY_REQUESTS
     type = "RateLimitError"
@@ -79,12 +84,18 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     """One readable line per problem: `body.messages: List should have at least 1 item`."""
     lines, params = [], []
     for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-        where = ".".join(loc)
-        msg = err.get("msg", "invalid value")
+        if not isinstance(err, dict):
+            lines.append(str(err))
+            params.append(None)
+            continue
         if err.get("type") == "json_invalid":
-            ctx = err.get("ctx") or {}
-            msg = f"the request body is not valid JSON ({ctx.get('error', 'parse error')})"
+            ctx, loc = err.get("ctx") or {}, err.get("loc", ())
+            at = f" at character {loc[-1]}" if len(loc) > 1 else ""
+            lines.append(f"the request body is not valid JSON: {ctx.get('error', 'parse error')}{at}")
+            params.append(None)
+            continue
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
         lines.append(f"{where}: {msg}" if where else msg)
         params.append(where or None)
     return "; ".join(lines) or "invalid request", params[0] if params else None

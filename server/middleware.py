@@ -39,33 +39,43 @@ class APIKeyMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    """413 for a body over `max_bytes`: at once from Content-Length, or as soon as a
-    chunked body grows past the limit."""
+    """413 for a body over `max_bytes`: at once from Content-Length; a body without one
+    (chunked) is read up to the limit first and replayed to the app if it fits."""
 
     def __init__(self, app, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
-    def _too_large(self) -> PayloadTooLarge:
-        return PayloadTooLarge(
+    async def _refuse(self, scope, receive, send) -> None:
+        await error_response(PayloadTooLarge(
             f"request body exceeds {self.max_bytes} bytes (--max-request-bytes); send "
-            "less, or raise the limit on the server")
+            "less, or raise the limit on the server",
+        ))(scope, receive, send)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                return await error_response(self._too_large())(scope, receive, send)
-        seen = 0
-
-        async def counting_receive():
-            nonlocal seen
+        headers = dict(scope.get("headers", ()))
+        length = headers.get(b"content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > self.max_bytes:
+                return await self._refuse(scope, receive, send)
+            return await self.app(scope, receive, send)
+        if scope["method"] in ("GET", "HEAD"):
+            return await self.app(scope, receive, send)
+        buffered, size = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise self._too_large()  # mapped by the app's exception handlers
-            return message
+            buffered.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                return await self._refuse(scope, receive, send)
+            if not message.get("more_body", False):
+                break
 
-        await self.app(scope, counting_receive, send)
+        async def replay():
+            return buffered.pop(0) if buffered else await receive()
+
+        await self.app(scope, replay, send)

@@ -108,6 +108,12 @@ class LongserveChatCompletionRequest(LongserveFields, ChatCompletionRequest):
     def _not_empty(cls, value: list) -> list:
         if not value:
             raise ValueError("messages must contain at least one message")
+        for i, message in enumerate(value):
+            # vLLM's message types leave content optional for every role (assistant turns
+            # may carry only tool calls); OpenAI requires it from the user and system.
+            role = message.get("role") if isinstance(message, dict) else None
+            if role in ("user", "system", "developer") and message.get("content") is None:
+                raise ValueError(f"messages[{i}] ({role}) has no content")
         return value
 
     @field_validator("max_tokens", "max_completion_tokens")
@@ -117,8 +123,9 @@ class LongserveChatCompletionRequest(LongserveFields, ChatCompletionRequest):
 
 
 class LongserveCompletionRequest(LongserveFields, CompletionRequest):
-    @model_validator(mode="after")
-    def _positive(self) -> LongserveCompletionRequest:
-        if not self.echo:  # vLLM allows max_tokens=0 only to echo the prompt back
-            _at_least_one(self.max_tokens, "max_tokens")
-        return self
+    @field_validator("max_tokens")
+    @classmethod
+    def _positive(cls, value: int | None, info) -> int | None:
+        if info.data.get("echo"):  # `echo` is validated first; max_tokens=0 echoes the prompt
+            return value
+        return _at_least_one(value, "max_tokens")

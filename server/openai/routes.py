@@ -14,10 +14,10 @@ from collections.abc import AsyncGenerator
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import JSONResponse, StreamingResponse
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
-from vllm.entrypoints.serve.utils.api_utils import validate_json_request, with_cancellation
+from vllm.entrypoints.serve.utils.api_utils import with_cancellation
 
 from server import metrics
-from server.errors import count_error
+from server.errors import UnsupportedMediaType, count_error
 from server.openai.protocol import (
     KVPolicySpec,
     LongserveChatCompletionRequest,
@@ -27,6 +27,14 @@ from server.openai.protocol import (
 from server.state import serving_or_503
 
 router = APIRouter()
+
+
+async def require_json(raw_request: Request) -> None:
+    media_type = raw_request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType(
+            f"send the body as JSON with `Content-Type: application/json` (got "
+            f"{media_type or 'no content type'})")
 
 
 def _fill_defaults(request: LongserveFields, settings) -> None:
@@ -94,7 +102,7 @@ async def _serve(raw_request: Request, request: LongserveFields, endpoint: str, 
 
 @router.post(
     "/v1/chat/completions",
-    dependencies=[Depends(validate_json_request)],
+    dependencies=[Depends(require_json)],
     response_model=None,
 )
 @with_cancellation
@@ -107,7 +115,7 @@ async def create_chat_completion(request: LongserveChatCompletionRequest, raw_re
 
 @router.post(
     "/v1/completions",
-    dependencies=[Depends(validate_json_request)],
+    dependencies=[Depends(require_json)],
     response_model=None,
 )
 @with_cancellation

@@ -1,0 +1,230 @@
+"""Unit tests: settings, request extensions, context strategy, admission, plugin wiring,
+the error mapper and the vLLM internals longserve depends on."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+
+import pytest
+from pydantic import ValidationError
+
+from server.settings import Settings, parse_bytes
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2GiB", 2 * 2**30), ("512MiB", 512 * 2**20), ("1.5GB", 1_500_000_000), ("4096", 4096),
+    (" 16 mib ", 16 * 2**20),
+])
+def test_parse_bytes(text, expected):
+    assert parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["lots", "2XB", "-1GiB", ""])
+def test_parse_bytes_rejects_nonsense(text):
+    with pytest.raises(ValueError):
+        parse_bytes(text)
+
+
+def test_settings_read_env_and_init_wins(monkeypatch):
+    monkeypatch.setenv("LONGSERVE_PORT", "9100")
+    monkeypatch.setenv("LONGSERVE_KV_CACHE_MEMORY", "1GiB")
+    assert Settings().port == 9100 and Settings().kv_cache_memory == 2**30
+    assert Settings(port=9200).port == 9200
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"kv_policy": "nope"}, "valid names: full"),
+    ({"context_strategy": "nope"}, "valid: reject"),
+    ({"kv_policy": "full", "kv_budget": 0.5}, "takes no budget"),
+    ({"port": 0}, "greater than or equal to 1"),
+    ({"unknown_flag": 1}, "Extra inputs"),
+])
+def test_settings_reject_bad_values(kwargs, fragment):
+    with pytest.raises(ValidationError, match=fragment):
+        Settings(**kwargs)
+
+
+# --- request extensions -------------------------------------------------------------
+
+def chat_request(**extra):
+    from server.openai.protocol import LongserveChatCompletionRequest
+
+    return LongserveChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], **extra)
+
+
+def test_extensions_travel_in_extra_args():
+    req = chat_request(kv_policy={"name": "full"}, context_strategy="reject",
+                       vllm_xargs={"other": 1})
+    params = req.to_sampling_params(16, {})
+    assert params.extra_args == {
+        "other": 1,
+        "longserve": {"kv_policy": {"name": "full", "budget": None},
+                      "context_strategy": "reject"},
+    }
+
+
+@pytest.mark.parametrize("budget", [0.0, 1.5, -3, 0])
+def test_budget_validation(budget):
+    from cache_policies.base import KVPolicyConfig
+
+    with pytest.raises(ValueError, match="budget"):
+        KVPolicyConfig(name="full", budget=budget)
+
+
+def test_tokenization_ceiling_keeps_model_limit_in_messages():
+    req = chat_request()
+
+    class _Cfg:
+        max_model_len = 1000
+
+    params = req.build_tok_params(_Cfg())
+    assert params.max_total_tokens == 1000
+    assert params.max_input_tokens == 8000
+
+
+def test_client_truncation_keeps_vllm_rules():
+    class _Cfg:
+        max_model_len = 1000
+
+    params = chat_request(truncate_prompt_tokens=100).build_tok_params(_Cfg())
+    assert params.max_input_tokens == 1000
+
+
+# --- context strategy -----------------------------------------------------------------
+
+def test_reject_allows_exact_fit_and_refuses_one_over():
+    from server.context.reject import Reject
+    from server.errors import ContextLengthExceeded
+
+    Reject().check(prompt_tokens=90, requested_tokens=10, max_model_len=100, field="messages")
+    Reject().check(prompt_tokens=99, requested_tokens=None, max_model_len=100, field="messages")
+    with pytest.raises(ContextLengthExceeded, match=r"requested 101 tokens \(90 in the messages, "
+                                                    r"11 in the completion\)"):
+        Reject().check(prompt_tokens=90, requested_tokens=11, max_model_len=100,
+                       field="messages")
+    with pytest.raises(ContextLengthExceeded, match="at least 101"):
+        Reject().check(prompt_tokens=100, requested_tokens=None, max_model_len=100,
+                       field="prompt")
+
+
+# --- admission --------------------------------------------------------------------------
+
+def test_admission_counts_running_slots_then_queue():
+    from server.errors import QueueFull
+    from server.limits import Admission
+
+    adm = Admission(max_queued_requests=2)
+    adm.max_num_seqs = 3
+    tickets = [adm.admit() for _ in range(5)]  # 3 running + 2 waiting
+    assert adm.waiting() == 2
+    with pytest.raises(QueueFull) as info:
+        adm.admit()
+    assert info.value.headers["Retry-After"] == "1"
+    tickets[0].release()
+    tickets[0].release()  # releasing twice is harmless
+    adm.admit()
+    assert adm.in_flight == 5
+
+
+def test_admission_uses_engine_waiting_but_not_when_idle():
+    from server.errors import QueueFull
+    from server.limits import Admission
+
+    adm = Admission(max_queued_requests=1)
+    adm.max_num_seqs = 8
+    adm.engine_waiting = 5  # stale count from the last busy step: no request in flight
+    ticket = adm.admit()  # idle engine: admitted
+    adm.engine_waiting = 1  # the engine holds one back for KV memory
+    with pytest.raises(QueueFull):
+        adm.admit()
+    ticket.release()
+
+
+# --- plugin and backend wiring ----------------------------------------------------------
+
+def test_plugin_entry_point_is_declared():
+    eps = importlib.metadata.entry_points(group="vllm.general_plugins")
+    assert {ep.name: ep.value for ep in eps}["longserve"] == "server.plugin:register"
+
+
+def test_register_is_idempotent_and_takes_the_cpu_slot():
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    from server.plugin import register
+
+    register()
+    register()
+    slot = AttentionBackendEnum.CPU_ATTN
+    assert slot.get_path() == "attention_backends.policy_aware.cpu.PolicyAwareCPUBackend"
+    backend = slot.get_class()
+    assert backend.get_name() == "CPU_ATTN"  # vLLM maps layers back to the enum by name
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
+
+    assert issubclass(backend.get_impl_cls(), CPUAttentionBackendImpl)
+
+
+def test_cpu_platform_selects_the_longserve_backend():
+    import torch
+    from vllm.platforms import current_platform
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+    from vllm.v1.attention.selector import AttentionSelectorConfig
+
+    from server.plugin import register
+
+    register()
+    assert current_platform.device_type == "cpu"
+    config = AttentionSelectorConfig(head_size=64, dtype=torch.bfloat16, kv_cache_dtype="auto",
+                                     block_size=128)
+    # even when another backend is asked for, as `--attention-backend` would
+    path = current_platform.get_attn_backend_cls(AttentionBackendEnum.FLEX_ATTENTION, config)
+    assert path == "attention_backends.policy_aware.cpu.PolicyAwareCPUBackend"
+
+
+# --- vLLM pin and internals -------------------------------------------------------------
+
+def test_vllm_is_the_pinned_release():
+    from vllm import __version__
+
+    from server.vllm_compat import VLLM_VERSION
+
+    assert __version__ == VLLM_VERSION
+
+
+def test_vllm_internals_we_rely_on_exist():
+    from server.vllm_compat import INTERNALS
+
+    for module, attr_path in INTERNALS:
+        obj = importlib.import_module(module)
+        for part in attr_path.split("."):
+            obj = getattr(obj, part)  # AttributeError names what vLLM changed
+
+
+# --- error mapper -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("exc, status, type_", [
+    ("queue", 429, "RateLimitError"),
+    ("vllm-validation", 400, "BadRequestError"),
+    ("engine-dead", 503, "ServiceUnavailableError"),
+    ("bug", 500, "InternalServerError"),
+])
+def test_error_mapper(exc, status, type_):
+    import json
+
+    from vllm.exceptions import VLLMValidationError
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    from server.errors import QueueFull, error_response
+
+    exc = {
+        "queue": QueueFull("full", headers={"Retry-After": "1"}),
+        "vllm-validation": VLLMValidationError("bad value", parameter="top_k", value=-2),
+        "engine-dead": EngineDeadError(),
+        "bug": KeyError("oops"),
+    }[exc]
+    resp = error_response(exc)
+    body = json.loads(resp.body)
+    assert resp.status_code == status
+    assert body["error"]["type"] == type_ and body["error"]["code"] == status
+    if status == 500:
+        assert "oops" not in body["error"]["message"]  # internals are logged, not sent
