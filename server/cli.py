@@ -96,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--force", action="store_true", help="rebuild even if the cache is valid")
     msub.add_parser("path", help="print where the default model's checkpoint lives")
 
+    sub.add_parser("bench", help="quality and load benchmarks (`longserve bench -h`)",
+                   add_help=False)
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from loadtests.cli import main as bench_main
+
+        return bench_main(argv[1:])
     args, extra = parser.parse_known_args(argv)
     if args.command == "serve":
         return _serve(args, extra)

@@ -3,12 +3,11 @@ backend, and greedy outputs are token-identical to stock vLLM (plugins disabled)
 
 from __future__ import annotations
 
-import sys
-
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, ServerProcess
+from loadtests.servers import stock_vllm as stock_vllm_server
+from tests.conftest import API_KEY
 
 pytestmark = pytest.mark.engine
 
@@ -27,13 +26,11 @@ def stock_vllm(server, auth, tmp_path_factory):
     """vLLM's own OpenAI server on the same checkpoint, memory and flags, with every
     general plugin disabled (VLLM_PLUGINS matches none), so it runs vLLM's CPU_ATTN."""
     info = httpx.get(server.url + "/info", headers=auth).json()
-    srv = ServerProcess(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-         "--model", info["model"], "--served-model-name", info["served_model_name"],
-         "--enforce-eager", "--kv-cache-memory-bytes", str(info["kv_cache_memory_bytes"]),
-         "--max-num-seqs", str(info["max_num_seqs"])],
+    srv = stock_vllm_server(
         tmp_path_factory.mktemp("stock") / "vllm.log",
-        env={"VLLM_PLUGINS": ""},
+        "--model", info["model"], "--served-model-name", info["served_model_name"],
+        "--enforce-eager", "--kv-cache-memory-bytes", str(info["kv_cache_memory_bytes"]),
+        "--max-num-seqs", str(info["max_num_seqs"]),
     ).start()
     try:
         yield srv.wait_ready(ready_path="/health")

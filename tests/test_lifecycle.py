@@ -9,7 +9,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import ServerProcess, longserve_argv
+from tests.conftest import longserve_eager
 
 pytestmark = pytest.mark.engine
 
@@ -22,10 +22,8 @@ def test_ready_is_false_while_loading_and_health_is_alive(server):
 
 
 def test_engine_death_makes_ready_false_and_exits_nonzero(tmp_path):
-    srv = ServerProcess(
-        longserve_argv("--max-model-len", "1024", "--kv-cache-memory", "256MiB"),
-        tmp_path / "longserve.log",
-    ).start()
+    srv = longserve_eager(tmp_path / "longserve.log", "--max-model-len", "1024",
+                          "--kv-cache-memory", "256MiB").start()
     try:
         srv.wait_ready()
         engine_core = [p for p in psutil.Process(srv.proc.pid).children(recursive=True)

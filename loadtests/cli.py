@@ -1,0 +1,186 @@
+"""`longserve bench quality | load | compare | plot`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from loadtests import report
+
+
+def _common(p: argparse.ArgumentParser, url: bool = True) -> None:
+    if url:
+        p.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--model", help="model name to send (default: the server's first model)")
+    p.add_argument("--api-key", help="bearer key, if the server wants one")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: the served model's "
+                   "local directory, from /v1/models)")
+    p.add_argument("--extra-body", type=json.loads, default={},
+                   help='JSON merged into every request, e.g. \'{"kv_policy": {"name": "full"}}\'')
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="directory for JSON, Markdown, PNG")
+    p.add_argument("--label", default="run", help="name of this run in tables and plots")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _quality_args(p: argparse.ArgumentParser) -> None:
+    from loadtests.tasks import QUALITY_TASKS
+
+    p.add_argument("--tasks", default=",".join(QUALITY_TASKS))
+    p.add_argument("--lengths", default="2048,4096", help="prompt lengths in tokens")
+    p.add_argument("--samples", type=int, default=20, help="samples per task and length")
+    p.add_argument("--concurrency", default="4", help="requests in flight (load: levels "
+                   "to sweep, e.g. 1,4)")
+    p.add_argument("--reference", type=Path, help="quality.json of the full-cache run on the "
+                   "same prompts: fidelity is measured against it")
+    p.add_argument("--x-value", type=float, help="this run's position on a plot's x axis "
+                   "(e.g. the KV budget) for `bench plot --x x_value`")
+
+
+def _load_args(p: argparse.ArgumentParser, concurrency: bool = True) -> None:
+    p.add_argument("--mode", choices=["open", "closed"], default="closed")
+    if concurrency:  # `compare` has one --concurrency for both workloads
+        p.add_argument("--concurrency", default="1,4", help="closed loop: levels to sweep")
+    p.add_argument("--rate", default="inf", help="open loop: requests/s (several: a sweep)")
+    p.add_argument("--burstiness", type=float, default=1.0, help="open loop: gamma shape; "
+                   "1 = Poisson")
+    p.add_argument("--num-requests", type=int, default=16)
+    p.add_argument("--prompt-lens", default="1024:0.5,4096:0.3,7168:0.2",
+                   help="prompt length mix, LEN:WEIGHT,...")
+    p.add_argument("--output-len", default="64", help="fixed N, or LO-HI sampled uniformly")
+    p.add_argument("--ttft-slo", type=float, help="goodput SLO: TTFT seconds")
+    p.add_argument("--tpot-slo", type=float, help="goodput SLO: TPOT seconds")
+
+
+def _server_model(url: str, api_key: str | None) -> tuple[str, str]:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    first = httpx.get(url.rstrip("/") + "/v1/models", headers=headers, timeout=30).json()["data"][0]
+    return first["id"], first.get("root") or first["id"]
+
+
+def _tokenizer(args, root: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(args.tokenizer or root)
+
+
+def quality(args, url: str | None = None, label: str | None = None) -> dict:
+    from loadtests.quality import run_samples, samples_as_dicts, summarize
+    from loadtests.tasks import build_samples
+
+    url = url or args.url
+    model, root = _server_model(url, args.api_key)
+    samples = build_samples(args.tasks.split(","), [int(x) for x in args.lengths.split(",")],
+                            args.samples, args.seed, _tokenizer(args, root))
+    records = asyncio.run(run_samples(
+        url, args.model or model, samples, extra_body=args.extra_body,
+        concurrency=int(args.concurrency), api_key=args.api_key,
+        progress=not args.no_progress))
+    reference = json.loads(args.reference.read_text())["records"] if args.reference else None
+    label = label or args.label
+    result = {
+        "config": {"url": url, "model": args.model or model, "tasks": args.tasks,
+                   "lengths": args.lengths, "samples": args.samples, "seed": args.seed,
+                   "extra_body": args.extra_body, "label": label, "x_value": args.x_value,
+                   "reference": str(args.reference) if args.reference else None},
+        "summary": summarize(records, reference),
+        "records": records,
+        "prompts": samples_as_dicts(samples),
+    }
+    out = args.out / label
+    report.write_json(out / "quality.json", result)
+    md = report.quality_markdown(result["summary"], f"quality: {label}")
+    (out / "quality.md").write_text(md)
+    report.plot_quality([result], "length", out / "quality.png")
+    print(md)
+    return result
+
+
+def load(args, url: str | None = None, label: str | None = None) -> list[dict]:
+    from loadtests.load import make_requests, run_load
+
+    url = url or args.url
+    label = label or args.label
+    model, root = _server_model(url, args.api_key)
+    requests = make_requests(_tokenizer(args, root), args.num_requests, args.prompt_lens,
+                             args.output_len, args.seed)
+    levels = args.concurrency.split(",") if args.mode == "closed" else args.rate.split(",")
+    results = []
+    for level in levels:
+        result = asyncio.run(run_load(
+            url, args.model or model, requests, extra_body=args.extra_body,
+            api_key=args.api_key, mode=args.mode, rate=float(level),
+            burstiness=args.burstiness, concurrency=int(level) if args.mode == "closed" else 1,
+            seed=args.seed, ttft_slo=args.ttft_slo, tpot_slo=args.tpot_slo,
+            progress=not args.no_progress))
+        result["label"] = f"{'c' if args.mode == 'closed' else 'rate'}={level}"
+        result["config"] = {"url": url, "prompt_lens": args.prompt_lens,
+                            "output_len": args.output_len, "num_requests": args.num_requests,
+                            "seed": args.seed, "extra_body": args.extra_body, "run": label}
+        results.append(result)
+        print(report.load_markdown(result, f"load: {label}, {result['label']}"))
+    out = args.out / label
+    report.write_json(out / "load.json", {"runs": results})
+    (out / "load.md").write_text("\n".join(
+        report.load_markdown(r, f"load: {label}, {r['label']}") for r in results))
+    report.plot_load(results, out / "load.png")
+    return results
+
+
+def compare(args) -> int:
+    from loadtests.compare import run_compare
+
+    return run_compare(args, {"quality": quality, "load": load}[args.workload])
+
+
+def plot(args) -> int:
+    runs = [json.loads(Path(p).read_text()) for p in args.runs]
+    args.out.mkdir(parents=True, exist_ok=True)
+    report.plot_quality(runs, args.x, args.out / f"quality-vs-{args.x}.png")
+    print(args.out / f"quality-vs-{args.x}.png")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="longserve bench", description=__doc__)
+    sub = parser.add_subparsers(dest="bench", required=True)
+    q = sub.add_parser("quality", help="synthetic long-context tasks (RULER/NeedleBench-style)")
+    _common(q)
+    _quality_args(q)
+    ld = sub.add_parser("load", help="streaming load: TTFT, TPOT, ITL, throughput, goodput")
+    _common(ld)
+    _load_args(ld)
+    c = sub.add_parser("compare", help="stock vLLM vs longserve on the same workload")
+    c.add_argument("workload", choices=["quality", "load"])
+    _common(c, url=False)
+    _quality_args(c)
+    _load_args(c, concurrency=False)
+    c.add_argument("--model-path", help="model for both servers (default: the embedded one)")
+    c.add_argument("--kv-cache-memory-bytes", type=int, default=2 << 30,
+                   help="KV cache for both servers, bytes")
+    c.add_argument("--server-flags", default="--enforce-eager",
+                   help="vLLM flags given to both servers, e.g. '--max-num-seqs 8'")
+    c.add_argument("--rounds", type=int, default=2,
+                   help="alternate stock/longserve this many times; figures are per round")
+    p = sub.add_parser("plot", help="score and fidelity against length or KV budget")
+    p.add_argument("runs", nargs="+", help="quality.json files")
+    p.add_argument("--x", choices=["length", "x_value"], default="x_value")
+    p.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    if args.bench == "quality":
+        quality(args)
+    elif args.bench == "load":
+        load(args)
+    elif args.bench == "compare":
+        return compare(args)
+    else:
+        return plot(args)
+    print(f"done in {time.monotonic() - started:.0f}s", file=sys.stderr)
+    return 0
