@@ -21,7 +21,7 @@ async def _ask(client, model: str, sample: Sample, extra_body: dict) -> dict:
     import openai
 
     started = time.perf_counter()
-    record = {"id": sample.id, "task": sample.task, "length": int(sample.id.split("-")[-2]),
+    record = {"id": sample.id, "task": sample.task, "length": sample.length,
               "prompt_tokens": sample.prompt_tokens, "answers": sample.answers}
     try:
         resp = await client.chat.completions.create(

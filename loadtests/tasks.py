@@ -36,6 +36,7 @@ CITIES = ["Zarnov", "Quellport", "Mirabel", "Ostrava Nova", "Kelmere", "Vantis",
 class Sample:
     id: str
     task: str
+    length: int  # the requested prompt length in tokens
     messages: list[dict]
     answers: list[str]
     metric: str  # "all": every answer must appear; "part": any one counts
@@ -324,7 +325,8 @@ def build_sample(task: str, target_tokens: int, index: int, seed: int, tokenizer
     messages = render(spec, pad_words[:n_pad], units)
     answers = spec.derive(pool[:n]) if spec.derive else spec.answers
     return Sample(
-        id=f"{task}-{target_tokens}-{index}", task=task, messages=messages, answers=answers,
+        id=f"{task}-{target_tokens}-{index}", task=task, length=target_tokens,
+        messages=messages, answers=answers,
         metric=spec.metric, max_tokens=spec.max_tokens,
         prompt_tokens=count_tokens(tokenizer, messages),
         meta={"depths": depths, "filler_units": n},

@@ -1,4 +1,4 @@
-"""`longserve` command line: `serve` and `models prepare`."""
+"""`longserve` command line: `serve`, `models prepare`, `bench`."""
 
 from __future__ import annotations
 
