@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", help="quality.json files")
     p.add_argument("--x", choices=["length", "x_value"], default="x_value")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     started = time.monotonic()
     if args.bench == "quality":

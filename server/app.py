@@ -43,7 +43,7 @@ async def _start_engine(app: FastAPI) -> None:
         start_output_handler(state.engine)
         state.admission.max_num_seqs = state.engine.vllm_config.scheduler_config.max_num_seqs
         state.serving = await build_serving(state.engine, state.vllm_args)
-    except Exception:
+    except (Exception, SystemExit):  # SystemExit: vLLM's argument parser rejected a flag
         logger.exception("the engine failed to start")
         _die(app)
         return

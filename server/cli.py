@@ -54,9 +54,16 @@ def _serve(args: argparse.Namespace, vllm_extra: list[str]) -> int:
         settings = Settings(**given)
     except ValidationError as exc:
         for err in exc.errors():
-            flag = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
-            print(f"longserve serve: {flag}: {err['msg']}", file=sys.stderr)
+            where = "".join(f"--{str(p).replace('_', '-')}: " for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            print(f"longserve serve: {where}{msg}", file=sys.stderr)
         return 2
+    from server.engine import vllm_namespace
+
+    try:  # a mistyped vLLM flag fails here, before anything loads
+        vllm_namespace(settings, "model", "name", vllm_extra)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = build_app(settings, vllm_extra)

@@ -228,3 +228,17 @@ def test_error_mapper(exc, status, type_):
     assert body["error"]["type"] == type_ and body["error"]["code"] == status
     if status == 500:
         assert "oops" not in body["error"]["message"]  # internals are logged, not sent
+
+
+# --- CLI ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["serve", "--no-such-flag", "3"], "unrecognized arguments: --no-such-flag"),
+    (["serve", "--kv-policy", "bogus"], "unknown kv_policy 'bogus'; valid names: full"),
+    (["serve", "--kv-cache-memory", "lots"], "--kv-cache-memory"),
+])
+def test_serve_rejects_bad_flags_before_loading_anything(capsys, argv, fragment):
+    from server.cli import main
+
+    assert main(argv) == 2
+    assert fragment in capsys.readouterr().err

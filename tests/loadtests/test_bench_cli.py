@@ -24,9 +24,9 @@ def bench(*args: str) -> subprocess.CompletedProcess:
 def test_tiny_quality_run_with_fidelity(server, tmp_path):
     common = ["--url", server.url, "--api-key", API_KEY, "--tasks", "niah_single,kv_uuid",
               "--lengths", "512", "--samples", "2", "--out", str(tmp_path)]
-    bench("quality", *common, "--label", "ref")
+    bench("quality", *common, "--label", "ref", "--x-value", "0.5")
     proc = bench("quality", *common, "--label", "again", "--reference",
-                 str(tmp_path / "ref" / "quality.json"),
+                 str(tmp_path / "ref" / "quality.json"), "--x-value", "1.0",
                  "--extra-body", '{"kv_policy": {"name": "full"}}')
     result = json.loads((tmp_path / "again" / "quality.json").read_text())
     overall = result["summary"]["overall"]
@@ -36,6 +36,9 @@ def test_tiny_quality_run_with_fidelity(server, tmp_path):
     assert all(r["prompt_tokens"] <= 512 and r["tokens"] for r in result["records"])
     assert (tmp_path / "again" / "quality.png").stat().st_size > 10_000
     assert "| niah_single | 512 | 2 |" in proc.stdout
+    bench("plot", str(tmp_path / "ref" / "quality.json"), str(tmp_path / "again" / "quality.json"),
+          "--x", "x_value", "--out", str(tmp_path / "plots"))
+    assert (tmp_path / "plots" / "quality-vs-x_value.png").stat().st_size > 10_000
 
 
 def test_tiny_load_run_agrees_with_server_metrics(server, tmp_path):
