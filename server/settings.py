@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cache_policies.registry import make_config
-from server.context.registry import strategy_names
+from server.context.registry import check_name
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
           "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "t": 10**12,
@@ -61,10 +61,7 @@ class Settings(BaseSettings):
     @field_validator("context_strategy")
     @classmethod
     def _strategy(cls, value: str) -> str:
-        if value not in strategy_names():
-            raise ValueError(
-                f"unknown context strategy {value!r}; valid: {', '.join(strategy_names())}")
-        return value
+        return check_name(value)
 
     @model_validator(mode="after")
     def _policy(self) -> Settings:

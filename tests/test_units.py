@@ -35,7 +35,7 @@ def test_settings_read_env_and_init_wins(monkeypatch):
 
 @pytest.mark.parametrize("kwargs, fragment", [
     ({"kv_policy": "nope"}, "valid names: full"),
-    ({"context_strategy": "nope"}, "valid: reject"),
+    ({"context_strategy": "nope"}, "valid names: reject"),
     ({"kv_policy": "full", "kv_budget": 0.5}, "takes no budget"),
     ({"port": 0}, "greater than or equal to 1"),
     ({"unknown_flag": 1}, "Extra inputs"),

@@ -13,11 +13,13 @@ def strategy_names() -> list[str]:
     return sorted(CONTEXT_STRATEGIES)
 
 
-def get_strategy(name: str):
-    try:
-        module, _, attr = CONTEXT_STRATEGIES[name].partition(":")
-    except KeyError:
+def check_name(name: str) -> str:
+    if name not in CONTEXT_STRATEGIES:
         raise ValueError(
-            f"unknown context_strategy {name!r}; valid names: {', '.join(strategy_names())}"
-        ) from None
+            f"unknown context_strategy {name!r}; valid names: {', '.join(strategy_names())}")
+    return name
+
+
+def get_strategy(name: str):
+    module, _, attr = CONTEXT_STRATEGIES[check_name(name)].partition(":")
     return getattr(importlib.import_module(module), attr)()

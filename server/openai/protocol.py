@@ -16,7 +16,7 @@ from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.renderers.params import TokenizeParams
 
 from cache_policies.registry import make_config, policy_names
-from server.context.registry import strategy_names
+from server.context.registry import check_name, strategy_names
 
 # Prompts are tokenized up to this many times the context length, so a `reject` error can
 # state the real prompt length; beyond it vLLM stops tokenizing (bounding the cost of
@@ -66,11 +66,7 @@ class LongserveFields(BaseModel):
     @field_validator("context_strategy")
     @classmethod
     def _known_strategy(cls, value: str | None) -> str | None:
-        if value is not None and value not in strategy_names():
-            raise ValueError(
-                f"unknown context_strategy {value!r}; valid names: {', '.join(strategy_names())}"
-            )
-        return value
+        return value if value is None else check_name(value)
 
     def applied(self) -> dict[str, Any]:
         """What longserve applies to this request (after server defaults are filled in)."""
