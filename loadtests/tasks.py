@@ -320,6 +320,10 @@ def build_sample(task: str, target_tokens: int, index: int, seed: int, tokenizer
         raise ValueError(f"{task}: {target_tokens} tokens is too short for the task itself "
                          f"({tokens(0)} tokens without any context)")
     n = _max_fitting(lambda k: tokens(k) <= target_tokens, len(pool))
+    more = random.Random(f"{seed}:{task}:{target_tokens}:{index}:more")
+    while n == len(pool):  # short units: the pool ran out before the prompt was full
+        pool += [spec.filler(more) for _ in range(len(pool))]
+        n = _max_fitting(lambda k: tokens(k) <= target_tokens, len(pool))
     n_pad = _max_fitting(lambda k: tokens(n, k) <= target_tokens, len(pad_words))
     units = _place(spec.facts, pool[:n], depths)
     messages = render(spec, pad_words[:n_pad], units)

@@ -67,6 +67,12 @@ def test_multi_needle_reasoning_needs_every_fact(tokenizer):
     assert trace.messages[0]["content"].count(" is the father of ") == 4
 
 
+def test_short_filler_units_still_fill_the_prompt(tokenizer):
+    # the one sample of the recorded 4k baseline that fell short (3835 tokens)
+    sample = build_sample("frequent_words", 4096, 14, 0, tokenizer)
+    assert 0.98 * 4096 <= sample.prompt_tokens <= 4096
+
+
 def test_too_short_target_is_an_error(tokenizer):
     with pytest.raises(ValueError, match="too short"):
         build_sample("niah_multiquery", 32, 0, 0, tokenizer)
