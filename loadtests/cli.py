@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--kv-cache-memory-bytes", type=int, default=2 << 30,
                    help="KV cache for both servers, bytes")
     c.add_argument("--server-flags", default="--enforce-eager",
-                   help="vLLM flags given to both servers, e.g. '--max-num-seqs 8'")
+                   help="vLLM flags given to both servers; write it with '=': "
+                   "--server-flags='--enforce-eager --max-num-seqs 8'")
     c.add_argument("--rounds", type=int, default=2,
                    help="alternate stock/longserve this many times; figures are per round")
     p = sub.add_parser("plot", help="score and fidelity against length or KV budget")
