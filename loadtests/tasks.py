@@ -209,20 +209,24 @@ def _people(rng: random.Random, n: int) -> list[str]:
     return _distinct(rng, lambda r: f"{r.choice(NAMES)} {r.choice(SURNAMES)}", n)
 
 
-def chained_facts(rng, hops: int = 3) -> Spec:
-    """NeedleBench multi-needle reasoning: the answer needs every needle of a chain."""
-    people = _people(rng, hops + 1)
-    city = rng.choice(CITIES)
-    facts = [f"{people[i]}'s mentor is {people[i + 1]}." for i in range(hops)]
-    facts.append(f"{people[-1]} lives in the city of {city}.")
+def chained_facts(rng, hops: int = 3, distractors: int = 3) -> Spec:
+    """NeedleBench multi-needle reasoning: the answer needs every needle of a chain;
+    other people live in other cities, so finding "lives in" alone does not answer."""
+    people = _people(rng, hops + 1 + distractors)
+    chain, others = people[:hops + 1], people[hops + 1:]
+    cities = rng.sample(CITIES, 1 + distractors)
+    facts = [f"{chain[i]}'s mentor is {chain[i + 1]}." for i in range(hops)]
+    facts.append(f"{chain[-1]} lives in the city of {cities[0]}.")
+    facts += [f"{who} lives in the city of {city}." for who, city in zip(others, cities[1:])]
     rng.shuffle(facts)
-    chain = " of ".join(["the mentor"] * hops)
+    relation = " of ".join(["the mentor"] * hops)
     return Spec(
         instruction="The following text contains some facts about people. Read it carefully; "
         "you will need to combine several facts to answer the question.",
-        question=f"In which city does {chain} of {people[0]} live?",
-        answer_prefix=f"Answer: {chain[0].upper() + chain[1:]} of {people[0]} lives in the city of",
-        answers=[city], metric="all", max_tokens=16, filler=sentence, facts=facts,
+        question=f"In which city does {relation} of {chain[0]} live?",
+        answer_prefix=f"Answer: {relation[0].upper() + relation[1:]} of {chain[0]} lives in "
+        "the city of",
+        answers=[cities[0]], metric="all", max_tokens=16, filler=sentence, facts=facts,
     )
 
 

@@ -63,6 +63,7 @@ def test_multi_needle_reasoning_needs_every_fact(tokenizer):
     sample = build_sample("chained_facts", 2048, 0, 3, tokenizer)
     context = sample.messages[0]["content"]
     assert context.count("'s mentor is ") == 3 and sample.answers[0] in context
+    assert context.count(" lives in the city of ") == 4  # the answer and three distractors
     trace = build_sample("ancestral_trace", 2048, 0, 3, tokenizer)
     assert trace.messages[0]["content"].count(" is the father of ") == 4
 
