@@ -108,11 +108,13 @@ def load(args, url: str | None = None, label: str | None = None) -> list[dict]:
     url = url or args.url
     label = label or args.label
     model, root = _server_model(url, args.api_key)
-    requests = make_requests(_tokenizer(args, root), args.num_requests, args.prompt_lens,
-                             args.output_len, args.seed)
+    tokenizer = _tokenizer(args, root)
     levels = args.concurrency.split(",") if args.mode == "closed" else args.rate.split(",")
     results = []
-    for level in levels:
+    for i, level in enumerate(levels):
+        # fresh prompts per level: repeating them would measure the prefix cache
+        requests = make_requests(tokenizer, args.num_requests, args.prompt_lens,
+                                 args.output_len, args.seed + 1000 * i)
         result = asyncio.run(run_load(
             url, args.model or model, requests, extra_body=args.extra_body,
             api_key=args.api_key, mode=args.mode, rate=float(level),

@@ -83,9 +83,13 @@ def run_compare(args, workload) -> int:
             srv.start()
         servers["stock"].wait_ready(ready_path="/health")
         servers["longserve"].wait_ready()
+        base_seed = args.seed
         for rnd in range(args.rounds):
-            # alternate who goes first, so drift of a noisy machine hits both alike
+            # alternate who goes first, so drift of a noisy machine hits both alike; new
+            # prompts each round (both servers get the same ones), so no round is served
+            # from the prefix cache another round filled
             order = ["stock", "longserve"] if rnd % 2 == 0 else ["longserve", "stock"]
+            args.seed = base_seed + 100_000 * rnd
             for who in order:
                 runs[who].append(workload(args, url=servers[who].url, label=f"{who}-r{rnd}"))
     finally:
