@@ -37,10 +37,6 @@ class LongserveError(Exception):
         self.headers = headers or {}
 
 
-class InvalidRequest(LongserveError):
-    pass
-
-
 class ContextLengthExceeded(LongserveError):
     pass
 
