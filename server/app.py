@@ -51,6 +51,11 @@ async def _start_engine(app: FastAPI) -> None:
         version=app.version, vllm_version=vllm_version,
         attention_backend=register_attention() or "vllm-default",
     ).set(1)
+    # As `vllm serve` does after start-up: the engine's many long-lived objects leave the
+    # collector's view, so collections while serving scan only per-request garbage.
+    from vllm.utils.gc_utils import freeze_gc_heap
+
+    freeze_gc_heap()
     set_phase(state, Phase.READY)
     logger.info("ready: serving %s", name)
     await _watch_engine(app)

@@ -20,6 +20,7 @@ INTERNALS: list[tuple[str, str]] = [
     ("vllm.v1.attention.backends.registry", "register_backend"),
     ("vllm.v1.attention.backends.cpu_attn", "CPUAttentionBackendImpl.forward"),
     ("vllm.entrypoints.serve.utils.api_utils", "with_cancellation"),
+    ("vllm.utils.gc_utils", "freeze_gc_heap"),
 ]
 
 
