@@ -1,9 +1,19 @@
-"""The config every KV policy takes and the base every policy class derives from."""
+"""The config every KV policy takes, what a policy sees, and the bases policies derive from.
+
+A policy answers one question, on one layer of one request: given the request's live keys
+and values and the queries of its last step, which `keep` of the first `region` entries
+survive per KV head, and (for merge policies) what they hold afterwards. Everything else —
+when it runs, reading and writing vLLM's paged cache, freeing blocks — is plumbing owned
+by `runtime.py` (worker) and `scheduler.py` (engine core).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import ClassVar
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -34,12 +44,85 @@ class KVPolicyConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def budget_tokens(self, num_prompt_tokens: int, default: float) -> int:
+        """KV entries this request may keep: a ratio applies to the prompt's length."""
+        budget = default if self.budget is None else self.budget
+        if isinstance(budget, float):
+            return max(1, math.ceil(budget * num_prompt_tokens))
+        return budget
+
+
+@dataclass
+class PolicyInputs:
+    """One layer of one request at the step its policy runs (positions are physical:
+    0..P-1 in cache order, the last W of them being the positions of `queries`).
+
+    keys, values: (kv_heads, P, head_dim), RoPE already applied to keys.
+    queries: (heads, W, head_dim), the last W queries of the step, W >= 1.
+    accumulated: (kv_heads, P) attention each entry received from every query so far
+        (only for policies with `accumulates = True`), else None.
+    region: entries [0, region) are candidates; [region, P) (the block being written
+        to) are always kept. keep: how many candidates survive per KV head.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    queries: torch.Tensor
+    scale: float
+    region: int
+    keep: int
+    accumulated: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return self.keys.shape[1]
+
+
+@dataclass
+class Kept:
+    """What survives: per KV head, `keep` candidates in position order.
+
+    indices: (kv_heads, keep) positions in [0, region); keys, values: (kv_heads, keep,
+    head_dim), the entries' new contents (gathered, or merged for merge policies)."""
+
+    indices: torch.Tensor
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+def window_attention(x: PolicyInputs) -> torch.Tensor:
+    """Softmax attention of the window queries over all live keys, causal inside the
+    window, in fp32: (kv_heads, group, W, P)."""
+    return attention_probs(x.queries, x.keys, x.scale, x.length - x.queries.shape[1])
+
+
+def attention_probs(queries: torch.Tensor, keys: torch.Tensor, scale: float,
+                    first: int) -> torch.Tensor:
+    """Causal softmax attention, fp32. queries (heads, W, dim) at positions first..first+W-1,
+    keys (kv_heads, P, dim) -> (kv_heads, group, W, P); GQA groups share a KV head."""
+    kv_heads, length, dim = keys.shape
+    heads, window, _ = queries.shape
+    q = queries.float().view(kv_heads, heads // kv_heads, window, dim)
+    logits = torch.einsum("hgwd,hpd->hgwp", q, keys.float()) * scale
+    query_pos = torch.arange(first, first + window).view(window, 1)
+    logits.masked_fill_(torch.arange(length).view(1, length) > query_pos, float("-inf"))
+    return logits.softmax(dim=-1)
+
+
+def gather_entries(x: PolicyInputs, indices: torch.Tensor) -> Kept:
+    """Kept entries as they are: indices (kv_heads, keep), sorted by position."""
+    index = indices.unsqueeze(-1).expand(-1, -1, x.keys.shape[-1])
+    return Kept(indices, x.keys.gather(1, index), x.values.gather(1, index))
+
 
 class KVPolicy:
     """Base of every policy. Subclasses set `name` and say whether a budget applies."""
 
     name: ClassVar[str]
     takes_budget: ClassVar[bool] = True
+    default_budget: ClassVar[float] = 0.5
+    window: ClassVar[int] = 1  # queries of the last step the policy looks at
+    accumulates: ClassVar[bool] = False  # needs attention summed over every query
 
     def __init__(self, config: KVPolicyConfig) -> None:
         self.config = config
@@ -51,3 +134,34 @@ class KVPolicy:
                 f"kv_policy {cls.name!r} keeps the whole cache and takes no budget; "
                 "omit kv_policy.budget or choose a policy that evicts"
             )
+
+    def compress(self, x: PolicyInputs) -> Kept:
+        raise NotImplementedError(f"kv_policy {self.name!r} keeps everything")
+
+
+class ScorerPolicy(KVPolicy):
+    """Keep the `keep` highest-scoring candidates per KV head (kvpress's ScorerPress).
+    A method implements `score`; protected entries score +inf."""
+
+    def score(self, x: PolicyInputs) -> torch.Tensor:
+        """(kv_heads, region) scores; higher is kept."""
+        raise NotImplementedError
+
+    def compress(self, x: PolicyInputs) -> Kept:
+        return gather_entries(x, top_positions(self.score(x), x.keep))
+
+
+def top_positions(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Positions of the `keep` best scores per row, in position order: (rows, keep).
+    Ties go to the later position (the more recent token)."""
+    length = scores.shape[-1]
+    order = scores.flip(-1).sort(dim=-1, descending=True, stable=True).indices
+    return (length - 1 - order[:, :keep]).sort(dim=-1).values
+
+
+def protect_last(scores: torch.Tensor, x: PolicyInputs, count: int) -> torch.Tensor:
+    """Candidates among the last `count` live positions always survive."""
+    first = max(0, x.length - count)
+    if first < x.region:
+        scores[:, first:] = float("inf")
+    return scores

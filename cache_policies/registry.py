@@ -8,6 +8,19 @@ from cache_policies.base import KVPolicy, KVPolicyConfig
 
 KV_POLICIES: dict[str, str] = {
     "full": "cache_policies.full:FullCache",
+    "streaming": "cache_policies.evict.streaming:StreamingLLM",
+    "snapkv": "cache_policies.evict.snapkv:SnapKV",
+    "h2o": "cache_policies.evict.h2o:H2O",
+    "tova": "cache_policies.evict.tova:TOVA",
+    "kvmerger": "cache_policies.merge.kvmerger:KVMerger",
+    "d2o": "cache_policies.merge.d2o:D2O",
+}
+
+# The engine-side glue: vLLM's scheduler and worker classes with KV policies built in.
+SCHEDULER = "cache_policies.scheduler.PolicyScheduler"
+WORKERS: dict[str, str] = {  # vllm.platforms.current_platform.device_type -> class
+    "cpu": "cache_policies.worker.PolicyCPUWorker",
+    "cuda": "cache_policies.worker.PolicyGPUWorker",
 }
 
 
@@ -23,6 +36,10 @@ def policy_class(name: str) -> type[KVPolicy]:
             f"unknown kv_policy {name!r}; valid names: {', '.join(policy_names())}"
         ) from None
     return getattr(importlib.import_module(module), attr)
+
+
+def make_policy(config: KVPolicyConfig) -> KVPolicy:
+    return policy_class(config.name)(config)
 
 
 def make_config(name: str, budget: float | int | None = None) -> KVPolicyConfig:

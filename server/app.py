@@ -36,6 +36,7 @@ async def _start_engine(app: FastAPI) -> None:
     try:
         model, name = await asyncio.to_thread(wiring.resolve_model, state.settings)
         state.vllm_args = wiring.vllm_namespace(state.settings, model, name, state.vllm_extra)
+        wiring.export_policy_env(state.settings)
         # AsyncLLM's constructor blocks until the engine core is up; in a thread, so this
         # process keeps answering /health and /ready meanwhile.
         state.engine = await asyncio.to_thread(

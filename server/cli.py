@@ -39,6 +39,8 @@ def _serve_parser(sub) -> None:
         help="waiting requests beyond which new ones get 429 (default 256)")
     add("--kv-policy", help="default KV cache policy (default: full)")
     add("--kv-budget", type=_number, help="default KV budget: ratio in (0,1] or token count")
+    add("--kv-recompress-every", type=int, help="run a request's KV policy again once its "
+        "KV has grown this many tokens past the budget while generating (default 1024)")
     add("--context-strategy", help="default long-context strategy (default: reject)")
     add("--log-level", help="debug, info, warning, error (default info)")
 

@@ -44,8 +44,14 @@ def vllm_namespace(settings: Settings, model: str, name: str, extra: list[str]) 
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
+    from vllm.platforms import current_platform
+
+    from cache_policies.registry import SCHEDULER, WORKERS
+
     argv = ["--model", model, "--served-model-name", name,
-            "--worker-extension-cls", WORKER_EXTENSION]
+            "--worker-extension-cls", WORKER_EXTENSION, "--scheduler-cls", SCHEDULER]
+    if current_platform.device_type in WORKERS:
+        argv += ["--worker-cls", WORKERS[current_platform.device_type]]
     if settings.max_model_len:
         argv += ["--max-model-len", str(settings.max_model_len)]
     if settings.max_num_seqs:
@@ -58,6 +64,17 @@ def vllm_namespace(settings: Settings, model: str, name: str, extra: list[str]) 
             logger.warning("VLLM_CPU_KVCACHE_SPACE is set and overrides --kv-cache-memory")
         argv += ["--kv-cache-memory-bytes", str(kv_bytes)]
     return make_arg_parser(FlexibleArgumentParser()).parse_args(argv + extra)
+
+
+def export_policy_env(settings: Settings) -> None:
+    """Settings the engine core's scheduler reads (it runs in a child process)."""
+    import tempfile
+
+    from cache_policies.scheduler import RECOMPRESS_ENV
+    from cache_policies.stats import ENV as STATS_ENV
+
+    os.environ[RECOMPRESS_ENV] = str(settings.kv_recompress_every)
+    os.environ[STATS_ENV] = os.path.join(tempfile.mkdtemp(prefix="longserve-"), "kv-stats.json")
 
 
 def create_engine(args: Namespace, stat_loggers: list):

@@ -25,3 +25,57 @@ DISCONNECTS = Counter(
     "longserve_client_disconnects", "requests aborted because the client went away",
     ["stream"],
 )
+
+
+class KVPolicyCollector:
+    """Per-policy compression counters, read at scrape time from the file the engine
+    core's scheduler keeps (`cache_policies.stats`)."""
+
+    COUNTERS = {
+        "requests": "requests admitted to the engine under the policy",
+        "compactions": "times the policy ran and gave blocks back",
+        "skipped": "compactions skipped for want of free blocks for the survivors",
+        "tokens_before": "live KV entries (tokens) before each compaction",
+        "tokens_kept": "KV entries (tokens) kept by each compaction",
+        "blocks_freed": "KV cache blocks given back to vLLM's block pool",
+    }
+
+    def collect(self):
+        import os
+
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from cache_policies import stats
+
+        path = os.environ.get(stats.ENV)
+        rows = stats.read(path) if path else {}
+        for field, doc in self.COUNTERS.items():
+            family = CounterMetricFamily(f"longserve_kv_{field}", doc, labels=["policy"])
+            for policy, row in sorted(rows.items()):
+                family.add_metric([policy], row.get(field, 0))
+            yield family
+        freed = CounterMetricFamily(
+            "longserve_kv_tokens_freed", "KV entries (tokens) dropped or merged away",
+            labels=["policy"])
+        for policy, row in sorted(rows.items()):
+            freed.add_metric([policy], row.get("tokens_before", 0) - row.get("tokens_kept", 0))
+        yield freed
+        ratio = GaugeMetricFamily(
+            "longserve_kv_compression_ratio",
+            "KV entries kept / entries before, over every compaction so far", labels=["policy"])
+        for policy, row in sorted(rows.items()):
+            if row.get("tokens_before"):
+                ratio.add_metric([policy], row["tokens_kept"] / row["tokens_before"])
+        yield ratio
+
+    def describe(self):
+        return []
+
+
+def _register_kv_collector() -> None:
+    from prometheus_client import REGISTRY
+
+    REGISTRY.register(KVPolicyCollector())
+
+
+_register_kv_collector()

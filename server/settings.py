@@ -50,6 +50,8 @@ class Settings(BaseSettings):
         256, ge=0, description="requests waiting for the engine beyond which new ones get 429")
     kv_policy: str = Field("full", description="default KV cache policy")
     kv_budget: float | int | None = Field(None, description="default KV policy budget")
+    kv_recompress_every: int = Field(
+        1024, ge=1, description="tokens generated past the budget before a policy runs again")
     context_strategy: str = Field("reject", description="default long-context strategy")
     log_level: str = "info"
 

@@ -1,12 +1,19 @@
-"""What every policy-aware impl adds on top of the platform kernel it subclasses."""
+"""What every policy-aware impl and metadata builder adds on top of the platform kernel."""
 
 from __future__ import annotations
 
 import torch
 
+from cache_policies.runtime import RUNTIME
+
 
 class PolicyAwareImplMixin:
     """Put first in the bases of a platform impl; `forward` then runs through here.
+
+    After the platform kernel has attended (with this step's keys and values already in
+    the cache), requests under a KV policy get their policy run on this layer (see
+    `cache_policies.runtime`). The platform impl supplies `read_blocks`/`write_blocks`
+    for its cache layout.
 
     Counts the forward calls that carry attention metadata (warm-up passes carry none),
     per process and across layers, so a running engine can show this is the backend in
@@ -29,7 +36,30 @@ class PolicyAwareImplMixin:
     ) -> torch.Tensor:
         if attn_metadata is not None:
             PolicyAwareImplMixin.forward_calls += 1
-        return super().forward(  # type: ignore[misc]
+        result = super().forward(  # type: ignore[misc]
             layer, query, key, value, kv_cache, attn_metadata, output,
             output_scale, output_block_scale,
         )
+        if attn_metadata is not None and RUNTIME.rows:
+            RUNTIME.after_attention(self, layer, query, kv_cache, attn_metadata)
+        return result
+
+    def read_blocks(self, layer, kv_cache: torch.Tensor, blocks: torch.Tensor,
+                    length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `length` entries held by `blocks` (in order): keys and values,
+        each (kv_heads, length, head_dim)."""
+        raise NotImplementedError
+
+    def write_blocks(self, layer, kv_cache: torch.Tensor, blocks: torch.Tensor,
+                     keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Fill `blocks` (in order) with keys/values (kv_heads, len(blocks)*block, head_dim)."""
+        raise NotImplementedError
+
+
+class PolicyAwareBuilderMixin:
+    """Put first in the bases of a platform metadata builder: requests whose KV a policy
+    compacted are shown to the kernel as their live blocks and live length."""
+
+    def build(self, common_prefix_len: int, common_attn_metadata, fast_build: bool = False):
+        common = RUNTIME.remap(common_attn_metadata, self.kv_cache_spec.block_size)  # type: ignore[attr-defined]
+        return super().build(common_prefix_len, common, fast_build)  # type: ignore[misc]

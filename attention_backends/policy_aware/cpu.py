@@ -1,15 +1,70 @@
-"""Policy-aware wrapper of vLLM's CPU attention backend (`CPU_ATTN`)."""
+"""Policy-aware wrapper of vLLM's CPU attention backend (`CPU_ATTN`).
+
+CPU cache layout, per layer: (blocks, kv_heads, block_size, 2 * head_dim) as storage,
+but inside a (block, head) the kernel arranges keys (and possibly values) in its own
+ISA-specific tiling. Rather than hard-code that tiling, `_layout` asks the kernel's own
+writer where each (token, dim) lands, once per layer type, and reads/writes through it.
+"""
 
 from __future__ import annotations
 
-from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend, CPUAttentionBackendImpl
+import torch
+from vllm.v1.attention.backends.cpu_attn import (
+    CPUAttentionBackend, CPUAttentionBackendImpl, CPUAttentionMetadataBuilder,
+)
 
-from attention_backends.policy_aware.base import PolicyAwareImplMixin
+from attention_backends.policy_aware.base import PolicyAwareBuilderMixin, PolicyAwareImplMixin
+
+_LAYOUTS: dict[tuple, torch.Tensor] = {}
 
 
 class PolicyAwareCPUImpl(PolicyAwareImplMixin, CPUAttentionBackendImpl):
     # A subclass rather than a wrapper object: vLLM's CPU metadata builder finds
     # sliding-window layers with isinstance(layer.impl, CPUAttentionBackendImpl).
+
+    def _layout(self, layer, kv_cache: torch.Tensor) -> torch.Tensor:
+        """For every storage element of one (block, head): which logical entry it holds,
+        as the index t * head_dim + d into keys (first half) or values (second half)."""
+        block_size, dim = kv_cache.shape[2], self.head_size
+        key = (kv_cache.dtype, block_size, dim, getattr(layer, "isa", None))
+        codes = _LAYOUTS.get(key)
+        if codes is None:
+            probe = torch.zeros(1, 1, block_size, 2 * dim, dtype=kv_cache.dtype)
+            tokens = torch.arange(block_size).view(-1, 1, 1).expand(-1, 1, dim)
+            dims = torch.arange(dim).view(1, 1, -1).expand(block_size, 1, -1)
+            found = []
+            for code in (tokens, dims):  # small integers: exact in bf16/fp16
+                probe.zero_()
+                code = code.to(kv_cache.dtype).contiguous()
+                self.do_kv_cache_update(layer, code, code, probe, torch.arange(block_size))
+                found.append(probe.flatten().long())
+            codes = _LAYOUTS[key] = found[0] * dim + found[1]
+        return codes
+
+    def read_blocks(self, layer, kv_cache, blocks, length):
+        codes = self._layout(layer, kv_cache)
+        half = codes.numel() // 2
+        storage = kv_cache[blocks].flatten(2)  # (n, heads, 2 * block * dim)
+        keys = storage[..., :half][..., codes[:half].argsort()]
+        values = storage[..., half:][..., codes[half:].argsort()]
+        shape = (*storage.shape[:2], -1, self.head_size)
+        return tuple(t.view(shape).transpose(0, 1).flatten(1, 2)[:, :length]
+                     for t in (keys, values))
+
+    def write_blocks(self, layer, kv_cache, blocks, keys, values):
+        codes = self._layout(layer, kv_cache)
+        half = codes.numel() // 2
+        heads, block_size = kv_cache.shape[1], kv_cache.shape[2]
+
+        def per_block(t):  # (heads, n * block, dim) -> (n, heads, block * dim)
+            return t.reshape(heads, len(blocks), block_size * self.head_size).transpose(0, 1)
+
+        storage = torch.cat([per_block(keys)[..., codes[:half]],
+                             per_block(values)[..., codes[half:]]], dim=-1)
+        kv_cache[blocks] = storage.to(kv_cache.dtype).view(kv_cache[blocks].shape)
+
+
+class PolicyAwareCPUBuilder(PolicyAwareBuilderMixin, CPUAttentionMetadataBuilder):
     pass
 
 
@@ -19,3 +74,7 @@ class PolicyAwareCPUBackend(CPUAttentionBackend):
     @staticmethod
     def get_impl_cls() -> type[PolicyAwareCPUImpl]:
         return PolicyAwareCPUImpl
+
+    @staticmethod
+    def get_builder_cls() -> type[PolicyAwareCPUBuilder]:
+        return PolicyAwareCPUBuilder

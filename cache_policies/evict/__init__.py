@@ -1,0 +1,1 @@
+"""Eviction policies: score every entry, keep the best within the budget."""

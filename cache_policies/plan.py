@@ -1,0 +1,45 @@
+"""What the scheduler tells the workers about a request under a KV policy, each step.
+
+Carried on vLLM's `SchedulerOutput` as the attribute `longserve_kv` (a dict req_id ->
+PolicyStep); it travels to the workers with the rest of that object (by reference, or
+pickled by the multiprocess executor).
+
+Layout of a compacted request (logical block index -> physical block):
+    [front_0 .. front_{k-1}] [null ...] [blocks tail_start ... in place]
+Every front block and every in-place block but the last is full, so the live entries
+form one contiguous physical sequence: attention reads `front + table[tail_start:]`
+with `seq_len - (tail_start - k) * block_size` entries, while new tokens keep their
+logical positions (RoPE) and slots (vLLM's own slot mapping lands in the in-place part).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cache_policies.base import KVPolicyConfig
+
+ATTRIBUTE = "longserve_kv"
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """Run the policy on this step's last queries and write the survivors of `sources`
+    (full blocks, in order) into `targets` (fresh blocks); `tail` (holding `tail_tokens`
+    entries, the newest) stays where it is."""
+
+    sources: tuple[int, ...]
+    tail: int
+    tail_tokens: int
+    targets: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PolicyStep:
+    policy: KVPolicyConfig
+    front: tuple[int, ...] = ()  # the layout this step's attention reads (before any
+    tail_start: int = 0          # compaction in this same step)
+    compaction: Compaction | None = None
+
+    @property
+    def dead_blocks(self) -> int:
+        return self.tail_start - len(self.front)

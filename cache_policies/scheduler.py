@@ -1,0 +1,144 @@
+"""vLLM's scheduler, plus KV policies: turns a policy's decision into freed blocks.
+
+At the step where a request's prefill completes (and whenever its live KV has grown
+`recompress_every` entries past its budget) the scheduler plans a compaction: it takes
+fresh blocks for the survivors, tells the workers (who run the policy on that step's
+queries and write the survivors there) and at once gives the request's old blocks back to
+vLLM's `BlockPool`, replacing them by the null block in the request's block list as
+vLLM's sliding-window manager does. Steps run in order on the workers, so a freed block
+can only be handed out again for a later step, after this step has read it.
+
+Copy, never rewrite in place: blocks the request shares through the prefix cache, or
+registered there, keep their contents, so prefix-cache hits stay exact. Blocks written
+after a compaction hold KV computed under compressed attention and are never registered.
+Preemption frees everything and recomputes from tokens; the policy then runs again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
+
+from cache_policies.base import KVPolicyConfig
+from cache_policies.plan import ATTRIBUTE, Compaction, PolicyStep
+from cache_policies.registry import make_config, policy_class
+from cache_policies.stats import PolicyStats
+
+logger = logging.getLogger(__name__)
+
+RECOMPRESS_ENV = "LONGSERVE_KV_RECOMPRESS_EVERY"
+DEFAULT_RECOMPRESS_EVERY = 1024
+
+
+@dataclass
+class _Request:
+    config: KVPolicyConfig
+    budget: int  # tokens
+    front: list = field(default_factory=list)  # KVCacheBlock
+    tail_start: int = 0
+    prefilled: bool = False
+
+    def step(self) -> PolicyStep:
+        return PolicyStep(self.config, tuple(b.block_id for b in self.front), self.tail_start)
+
+
+def request_policy(request) -> KVPolicyConfig | None:
+    """The request's policy from `extra_args["longserve"]`, None for `full` or none."""
+    params = request.sampling_params
+    spec = ((params.extra_args or {}).get("longserve") or {}).get("kv_policy") if params else None
+    if not spec or spec.get("name", "full") == "full":
+        return None
+    return make_config(spec["name"], spec.get("budget"))
+
+
+class PolicyScheduler(Scheduler):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        managers = self.kv_cache_manager.coordinator.single_type_managers
+        self._manager = managers[0] if len(managers) == 1 else None
+        if self._manager is not None and type(self._manager) is not FullAttentionManager:
+            self._manager = None
+        if self._manager is None:
+            logger.warning("KV policies need one full-attention KV cache group; this model "
+                           "has %s: requests run with the full cache", managers)
+        self._policies: dict[str, _Request] = {}
+        self._recompress_every = int(os.environ.get(RECOMPRESS_ENV, DEFAULT_RECOMPRESS_EVERY))
+        self._stats = PolicyStats()
+
+    # --- request lifecycle ----------------------------------------------------------
+
+    def add_request(self, request) -> None:
+        super().add_request(request)
+        try:
+            config = request_policy(request) if self._manager is not None else None
+        except ValueError as exc:  # validated by the API; other clients may send anything
+            logger.warning("request %s: ignoring kv_policy: %s", request.request_id, exc)
+            config = None
+        if config is not None and request.request_id not in self._policies:
+            default = policy_class(config.name).default_budget
+            self._policies[request.request_id] = _Request(
+                config, config.budget_tokens(request.num_prompt_tokens, default))
+            self._stats.add(config.name, requests=1)
+
+    def _preempt_request(self, request, *args, **kwargs) -> None:
+        super()._preempt_request(request, *args, **kwargs)
+        state = self._policies.get(request.request_id)
+        if state is not None:  # blocks are gone; the recompute runs the policy again
+            state.front, state.tail_start, state.prefilled = [], 0, False
+
+    def _free_request(self, request, *args, **kwargs):
+        self._policies.pop(request.request_id, None)
+        return super()._free_request(request, *args, **kwargs)
+
+    # --- each step ------------------------------------------------------------------
+
+    def schedule(self, *args, **kwargs):
+        output = super().schedule(*args, **kwargs)
+        steps = {}
+        for req_id in output.num_scheduled_tokens:
+            state = self._policies.get(req_id)
+            if state is None:
+                continue
+            step = state.step()  # this step's attention reads the layout as it was
+            compaction = self._plan(self.requests[req_id], state)
+            steps[req_id] = PolicyStep(step.policy, step.front, step.tail_start, compaction)
+        setattr(output, ATTRIBUTE, steps)
+        return output
+
+    def _plan(self, request, state: _Request) -> Compaction | None:
+        bs = self._manager.block_size
+        length = request.num_computed_tokens  # entries in the cache once this step ran
+        live = length - (state.tail_start - len(state.front)) * bs
+        if not state.prefilled:
+            if length < request.num_prompt_tokens:
+                return None
+            state.prefilled = True
+        elif live < state.budget + self._recompress_every:
+            return None
+        blocks = self._manager.req_to_blocks[request.request_id]
+        last = (length - 1) // bs
+        region = state.front + blocks[state.tail_start:last]
+        tail_tokens = length - last * bs
+        keep = max(0, round((state.budget - tail_tokens) / bs))
+        if keep >= len(region):
+            return None
+        pool = self._manager.block_pool
+        if pool.get_num_free_blocks() < keep:
+            self._stats.add(state.config.name, skipped=1)
+            return None
+        targets = pool.get_new_blocks(keep)
+        blocks[:keep] = targets
+        blocks[keep:last] = [pool.null_block] * (last - keep)
+        pool.free_blocks(reversed(region))
+        # Blocks filled from now on hold KV computed under compressed attention.
+        self._manager.num_cached_block[request.request_id] = sys.maxsize
+        state.front, state.tail_start = targets, last
+        self._stats.add(state.config.name, compactions=1, tokens_before=live,
+                        tokens_kept=keep * bs + tail_tokens, blocks_freed=len(region) - keep)
+        return Compaction(tuple(b.block_id for b in region), blocks[last].block_id,
+                          tail_tokens, tuple(b.block_id for b in targets))
