@@ -73,17 +73,19 @@ class PolicyScheduler(Scheduler):
     # --- request lifecycle ----------------------------------------------------------
 
     def add_request(self, request) -> None:
-        super().add_request(request)
         try:
             config = request_policy(request) if self._manager is not None else None
         except ValueError as exc:  # validated by the API; other clients may send anything
             logger.warning("request %s: ignoring kv_policy: %s", request.request_id, exc)
             config = None
-        if config is not None and request.request_id not in self._policies:
-            default = policy_class(config.name).default_budget
+        if config is not None and request.request_id not in self.requests:
+            cls = policy_class(config.name)
+            if cls.accumulates:  # it needs the attention of every prompt query
+                request.skip_reading_prefix_cache = True
             self._policies[request.request_id] = _Request(
-                config, config.budget_tokens(request.num_prompt_tokens, default))
+                config, config.budget_tokens(request.num_prompt_tokens, cls.default_budget))
             self._stats.add(config.name, requests=1)
+        super().add_request(request)
 
     def _preempt_request(self, request, *args, **kwargs) -> None:
         super()._preempt_request(request, *args, **kwargs)

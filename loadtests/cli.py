@@ -135,6 +135,52 @@ def load(args, url: str | None = None, label: str | None = None) -> list[dict]:
     return results
 
 
+def policies(args) -> dict:
+    from loadtests.policies import matrix_markdown, matrix_summary, parse_runs, run_matrix
+    from loadtests.quality import samples_as_dicts
+    from loadtests.tasks import build_samples
+
+    model, root = _server_model(args.url, args.api_key)
+    samples = build_samples(args.tasks.split(","), [int(x) for x in args.lengths.split(",")],
+                            args.samples, args.seed, _tokenizer(args, root))
+    runs = parse_runs(args.policies, args.budgets)
+    records = asyncio.run(run_matrix(
+        args.url, args.model or model, samples, runs, concurrency=int(args.concurrency),
+        api_key=args.api_key, progress=not args.no_progress))
+    rows = matrix_summary(records)
+    result = {"config": {"url": args.url, "model": args.model or model, "tasks": args.tasks,
+                         "lengths": args.lengths, "samples": args.samples, "seed": args.seed,
+                         "policies": args.policies, "budgets": args.budgets,
+                         "label": args.label},
+              "rows": rows, "records": records, "prompts": samples_as_dicts(samples)}
+    out = args.out / args.label
+    report.write_json(out / "policies.json", result)
+    md = matrix_markdown(rows, f"KV policies vs full cache: {args.label}")
+    (out / "policies.md").write_text(md)
+    print(md)
+    return result
+
+
+def capacity(args) -> list[dict]:
+    from loadtests.capacity import capacity_markdown, run_capacity
+    from loadtests.policies import parse_runs
+
+    model, root = _server_model(args.url, args.api_key)
+    rows = asyncio.run(run_capacity(
+        args.url, args.model or model, _tokenizer(args, root),
+        parse_runs(args.policies, args.budgets), num_requests=args.num_requests,
+        prompt_len=args.prompt_len, output_len=args.output_len,
+        concurrency=args.concurrency, seed=args.seed, api_key=args.api_key,
+        progress=not args.no_progress))
+    out = args.out / args.label
+    report.write_json(out / "capacity.json", {"config": vars(args) | {"out": str(args.out)},
+                                              "rows": rows})
+    md = capacity_markdown(rows, f"capacity at fixed KV memory: {args.label}")
+    (out / "capacity.md").write_text(md)
+    print(md)
+    return rows
+
+
 def compare(args) -> int:
     from loadtests.compare import run_compare
 
@@ -171,6 +217,22 @@ def main(argv: list[str] | None = None) -> int:
                    "--server-flags='--enforce-eager --max-num-seqs 8'")
     c.add_argument("--rounds", type=int, default=2,
                    help="alternate stock/longserve this many times; figures are per round")
+    pm = sub.add_parser("policies", help="every KV policy x budget vs the full cache, "
+                        "same prompts, one run")
+    _common(pm)
+    _quality_args(pm)
+    pm.add_argument("--policies", default="streaming,snapkv,h2o,tova,kvmerger,d2o")
+    pm.add_argument("--budgets", default="0.5,0.35,0.2",
+                    help="ratios of the prompt (with a dot) or token counts")
+    cp = sub.add_parser("capacity", help="requests in flight and throughput at fixed KV "
+                        "memory: full vs KV policies")
+    _common(cp)
+    cp.add_argument("--policies", default="snapkv")
+    cp.add_argument("--budgets", default="0.35")
+    cp.add_argument("--num-requests", type=int, default=24)
+    cp.add_argument("--prompt-len", type=int, default=4096)
+    cp.add_argument("--output-len", type=int, default=128)
+    cp.add_argument("--concurrency", type=int, default=16)
     p = sub.add_parser("plot", help="score and fidelity against length or KV budget")
     p.add_argument("runs", nargs="+", help="quality.json files")
     p.add_argument("--x", choices=["length", "x_value"], default="x_value")
@@ -182,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         quality(args)
     elif args.bench == "load":
         load(args)
+    elif args.bench == "policies":
+        policies(args)
+    elif args.bench == "capacity":
+        capacity(args)
     elif args.bench == "compare":
         return compare(args)
     else:

@@ -12,6 +12,7 @@ API_KEY = "test-key-7c1e"
 MAX_NUM_SEQS = 4
 MAX_QUEUED = 2
 MAX_REQUEST_BYTES = 1 << 20
+KV_RECOMPRESS_EVERY = 256
 
 
 def longserve_eager(log_path, *extra: str) -> ServerProcess:
@@ -27,6 +28,7 @@ def server(tmp_path_factory) -> ServerProcess:
         "--max-num-seqs", str(MAX_NUM_SEQS),
         "--max-queued-requests", str(MAX_QUEUED),
         "--max-request-bytes", str(MAX_REQUEST_BYTES),
+        "--kv-recompress-every", str(KV_RECOMPRESS_EVERY),
     ).start()
     try:
         yield srv.wait_ready()

@@ -1,0 +1,147 @@
+"""Plain, loop-by-loop PyTorch of each paper's rule, for the reference tests.
+
+Written for readability, one KV head and one position at a time; shapes as in
+`cache_policies.base.PolicyInputs`. Attention rows come from `torch.softmax` on explicit
+dot products."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def attention_rows(x, head: int) -> list[list[torch.Tensor]]:
+    """For KV head `head`: per query head of its group, per window query, the softmax
+    row over the P keys (causal). -> [group][W] tensors of shape (P,)"""
+    kv_heads, length, _ = x.keys.shape
+    group = x.queries.shape[0] // kv_heads
+    window = x.queries.shape[1]
+    rows = []
+    for g in range(group):
+        q_head = head * group + g
+        per_query = []
+        for w in range(window):
+            pos = length - window + w
+            logits = torch.full((length,), float("-inf"))
+            for p in range(pos + 1):
+                logits[p] = float(x.queries[q_head, w].float() @ x.keys[head, p].float()) * x.scale
+            per_query.append(torch.softmax(logits, dim=0))
+        rows.append(per_query)
+    return rows
+
+
+def best(scores: list[float], keep: int) -> list[int]:
+    """The `keep` highest scores; on a tie the later position wins; in position order."""
+    order = sorted(range(len(scores)), key=lambda p: (-scores[p], -p))
+    return sorted(order[:keep])
+
+
+def protected(x, count: int) -> set[int]:
+    return set(range(max(0, x.length - count), x.region))
+
+
+def streaming(x, sinks: int = 4) -> list[list[int]]:
+    recent = list(range(x.region - (x.keep - sinks), x.region))
+    return [sorted(set(range(sinks)) | set(recent))] * x.keys.shape[0]
+
+
+def snapkv(x, kernel: int = 7) -> list[list[int]]:
+    kept = []
+    for h in range(x.keys.shape[0]):
+        rows = attention_rows(x, h)
+        votes = [sum(float(r[p]) for per_query in rows for r in per_query) / len(rows)
+                 for p in range(x.region)]
+        half = kernel // 2
+        pooled = [max(votes[max(0, p - half): p + half + 1]) for p in range(x.region)]
+        for p in protected(x, x.queries.shape[1]):
+            pooled[p] = math.inf
+        kept.append(best(pooled, x.keep))
+    return kept
+
+
+def h2o(x) -> list[list[int]]:
+    kept = []
+    recent = (x.keep + x.length - x.region) // 2
+    for h in range(x.keys.shape[0]):
+        scores = [float(x.accumulated[h, p]) for p in range(x.region)]
+        for p in protected(x, recent):
+            scores[p] = math.inf
+        kept.append(best(scores, x.keep))
+    return kept
+
+
+def tova(x) -> list[list[int]]:
+    kv_heads = x.keys.shape[0]
+    last = [[r[-1] for r in attention_rows(x, h)] for h in range(kv_heads)]
+    heads = [row for per_head in last for row in per_head]
+    scores = [sum(float(row[p]) for row in heads) / len(heads) for p in range(x.region)]
+    return [best(scores, x.keep)] * kv_heads
+
+
+def window_votes(x, h: int) -> list[float]:
+    rows = attention_rows(x, h)
+    return [sum(float(r[p]) for per_query in rows for r in per_query) / len(rows)
+            for p in range(x.region)]
+
+
+def kvmerger(x, threshold: float = 0.75):
+    """Kept positions and merged (keys, values) per head, by the rule in the docstring of
+    `cache_policies.merge.kvmerger`."""
+    out = []
+    for h in range(x.keys.shape[0]):
+        votes = window_votes(x, h)
+        for p in protected(x, x.queries.shape[1]):
+            votes[p] = math.inf
+        kept = best(votes, x.keep)
+        keys = x.keys[h, : x.region].float()
+        values = x.values[h, : x.region].float()
+        set_of = [0]
+        for p in range(1, x.region):
+            cos = float(torch.nn.functional.cosine_similarity(keys[p], keys[p - 1], dim=0))
+            set_of.append(set_of[-1] + (cos < threshold))
+        members: dict[int, list[int]] = {k: [] for k in kept}
+        for p in range(x.region):
+            if p in members:
+                continue
+            same = [k for k in kept if set_of[k] == set_of[p]]
+            if same:  # nearest survivor of the set; the earlier one on a tie
+                members[min(same, key=lambda k: (abs(k - p), k))].append(p)
+        new_k, new_v = [], []
+        for k in kept:
+            dist2 = [float(((keys[m] - keys[k]) ** 2).sum()) for m in members[k]]
+            spread = sum(dist2) / len(dist2) if dist2 else 1.0
+            weights = [math.exp(-d / (2 * max(spread, 1e-12))) for d in dist2]
+            norm = 1 + sum(weights)
+            new_k.append((keys[k] + sum(w * keys[m] for w, m in zip(weights, members[k]))) / norm)
+            new_v.append((values[k] + sum(w * values[m] for w, m in zip(weights, members[k]))) / norm)
+        out.append((kept, torch.stack(new_k), torch.stack(new_v)))
+    return out
+
+
+def d2o(x):
+    out = []
+    for h in range(x.keys.shape[0]):
+        votes = window_votes(x, h)
+        for p in protected(x, x.queries.shape[1]):
+            votes[p] = math.inf
+        kept = best(votes, x.keep)
+        keys = x.keys[h, : x.region].float()
+        values = x.values[h, : x.region].float()
+        evicted = [p for p in range(x.region) if p not in kept]
+        nearest = {}
+        for p in evicted:
+            sims = [float(torch.nn.functional.cosine_similarity(keys[p], keys[k], dim=0))
+                    for k in kept]
+            top = max(range(len(kept)), key=lambda i: (sims[i], -i))
+            nearest[p] = (kept[top], sims[top])
+        threshold = sum(s for _, s in nearest.values()) / max(len(evicted), 1)
+        new_k, new_v = [], []
+        for k in kept:
+            merged = [(p, s) for p, (c, s) in nearest.items() if c == k and s >= threshold]
+            weights = [math.exp(s) for _, s in merged]
+            norm = math.e + sum(weights)
+            new_k.append((math.e * keys[k] + sum(w * keys[p] for w, (p, _) in zip(weights, merged))) / norm)
+            new_v.append((math.e * values[k] + sum(w * values[p] for w, (p, _) in zip(weights, merged))) / norm)
+        out.append((kept, torch.stack(new_k), torch.stack(new_v)))
+    return out

@@ -1,0 +1,73 @@
+"""Each policy against a loop-by-loop reference of its paper's rule, on small tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cache_policies.base import PolicyInputs, top_positions
+from cache_policies.registry import make_config, make_policy, policy_names
+from tests.cache_policies import reference
+
+KV_HEADS, GROUP, DIM, LENGTH, REGION, KEEP = 2, 3, 8, 48, 40, 14
+EVICTING = [n for n in policy_names() if n != "full"]
+
+
+def inputs(policy, seed: int = 0, smooth: bool = False) -> PolicyInputs:
+    gen = torch.Generator().manual_seed(seed)
+    keys = torch.randn(KV_HEADS, LENGTH, DIM, generator=gen)
+    if smooth:  # runs of similar consecutive keys, so merging sets have several members
+        keys = keys.cumsum(dim=1) / torch.arange(1, LENGTH + 1).view(1, -1, 1).sqrt()
+    window = min(policy.window, 6)
+    return PolicyInputs(
+        keys=keys, values=torch.randn(KV_HEADS, LENGTH, DIM, generator=gen),
+        queries=torch.randn(KV_HEADS * GROUP, window, DIM, generator=gen),
+        scale=DIM ** -0.5, region=REGION, keep=KEEP,
+        accumulated=torch.rand(KV_HEADS, LENGTH, generator=gen),
+    )
+
+
+def policy(name):
+    return make_policy(make_config(name, 0.5))
+
+
+@pytest.mark.parametrize("name", ["streaming", "snapkv", "h2o", "tova"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_evict_policy_keeps_what_its_paper_keeps(name, seed):
+    pol = policy(name)
+    x = inputs(pol, seed)
+    kept = pol.compress(x)
+    assert kept.indices.tolist() == getattr(reference, name)(x)
+    index = kept.indices.unsqueeze(-1).expand(-1, -1, DIM)
+    assert torch.equal(kept.keys, x.keys.gather(1, index))
+    assert torch.equal(kept.values, x.values.gather(1, index))
+
+
+@pytest.mark.parametrize("name", ["kvmerger", "d2o"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_merge_policy_matches_its_paper_rule(name, seed):
+    pol = policy(name)
+    x = inputs(pol, seed, smooth=True)
+    kept = pol.compress(x)
+    merged_any = False
+    for h, (indices, keys, values) in enumerate(getattr(reference, name)(x)):
+        assert kept.indices[h].tolist() == indices
+        torch.testing.assert_close(kept.keys[h], keys, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(kept.values[h], values, rtol=1e-4, atol=1e-5)
+        merged_any |= not torch.allclose(keys, x.keys[h, indices])
+    assert merged_any, "the inputs should make the policy merge something"
+
+
+@pytest.mark.parametrize("name", EVICTING)
+def test_every_policy_keeps_budget_in_order_and_protects_nothing_outside_region(name):
+    pol = policy(name)
+    x = inputs(pol)
+    kept = pol.compress(x)
+    assert kept.indices.shape == (KV_HEADS, KEEP)
+    assert (kept.indices.diff(dim=1) > 0).all() and int(kept.indices.max()) < REGION
+    assert kept.keys.shape == kept.values.shape == (KV_HEADS, KEEP, DIM)
+
+
+def test_top_positions_keeps_the_highest_scores_and_prefers_recent_on_ties():
+    scores = torch.tensor([[5.0, 1.0, 3.0, 3.0, 0.0, 9.0]])
+    assert top_positions(scores, 3).tolist() == [[0, 3, 5]]

@@ -1,0 +1,151 @@
+"""KV policies on the real engine: blocks really go back to vLLM, and nothing else changes
+(requests under `full` beside compressed ones, prefix-cache hits after them, aborts)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import pytest
+
+from tests.conftest import metric_value
+
+pytestmark = pytest.mark.engine
+
+BLOCK = 128  # vLLM's CPU default block size
+
+
+@pytest.fixture(scope="module")
+def needle_prompts():
+    from transformers import AutoTokenizer
+
+    from loadtests.tasks import build_sample
+    from server.model_store import prepare
+
+    tokenizer = AutoTokenizer.from_pretrained(str(prepare()[0]))
+    return [build_sample("niah_single", 1600, i, 11, tokenizer) for i in range(8)]
+
+
+def metrics(server, auth) -> str:
+    return httpx.get(server.url + "/metrics", headers=auth).text
+
+
+def kv_usage(server, auth) -> float:
+    return metric_value(metrics(server, auth), "vllm:kv_cache_usage_perc")
+
+
+def body(sample, policy=None, max_tokens=24, salt=None, **extra) -> dict:
+    out = {"messages": sample.messages, "max_tokens": max_tokens, "temperature": 0,
+           "return_token_ids": True, **extra}
+    if policy:
+        out["kv_policy"] = policy
+    if salt:  # a fresh salt: no prefix-cache hit, the run is cold
+        out["cache_salt"] = salt
+    return out
+
+
+async def tokens(http: httpx.AsyncClient, payload: dict) -> list[int]:
+    resp = await http.post("/v1/chat/completions", json=payload)
+    assert resp.status_code == 200, resp.text
+    return resp.json()["choices"][0]["token_ids"]
+
+
+def run(server, auth, *payloads) -> list[list[int]]:
+    """The payloads sent at once (one batch in the engine); their output token ids."""
+    async def go():
+        async with httpx.AsyncClient(base_url=server.url, headers=auth, timeout=300) as http:
+            return await asyncio.gather(*(tokens(http, p) for p in payloads))
+    return asyncio.run(go())
+
+
+def usage_while_streaming(server, auth, payload: dict) -> float:
+    with httpx.stream("POST", server.url + "/v1/chat/completions", headers=auth,
+                      json={**payload, "stream": True}, timeout=120) as resp:
+        lines = resp.iter_lines()
+        for _ in range(8):  # decoding is under way: the prefill (and policy) ran
+            next(lines)
+        usage = kv_usage(server, auth)
+        for _ in lines:
+            pass
+    return usage
+
+
+def test_compressed_request_gives_blocks_back(server, auth, needle_prompts):
+    full, compressed = needle_prompts[0], needle_prompts[1]
+    freed_before = metric_value(metrics(server, auth), "longserve_kv_blocks_freed_total",
+                                policy="snapkv")
+    long_run = {"max_tokens": 64, "ignore_eos": True}
+    usage_full = usage_while_streaming(server, auth, body(full, salt=uuid.uuid4().hex, **long_run))
+    usage_snap = usage_while_streaming(server, auth, body(
+        compressed, {"name": "snapkv", "budget": 0.3}, salt=uuid.uuid4().hex, **long_run))
+    text = metrics(server, auth)
+    freed = metric_value(text, "longserve_kv_blocks_freed_total", policy="snapkv") - freed_before
+    prompt_blocks = -(-compressed.prompt_tokens // BLOCK)
+    assert freed >= prompt_blocks // 2, (freed, prompt_blocks)
+    assert 0 < usage_snap < 0.5 * usage_full, (usage_snap, usage_full)
+    assert metric_value(text, "longserve_kv_compression_ratio", policy="snapkv") < 0.45
+
+
+def test_budget_one_is_token_identical_to_full(server, auth, needle_prompts):
+    sample = needle_prompts[2]
+    [full] = run(server, auth, body(sample, salt=uuid.uuid4().hex))
+    [same] = run(server, auth, body(sample, {"name": "snapkv", "budget": 1.0},
+                                    salt=uuid.uuid4().hex))
+    assert same == full
+
+
+def test_full_requests_unchanged_beside_compressed_ones(server, auth, needle_prompts):
+    a, b, c, d = needle_prompts[3:7]
+    solo = [run(server, auth, body(s, salt=uuid.uuid4().hex))[0] for s in (a, c)]
+    mixed = run(
+        server, auth,
+        body(a, salt=uuid.uuid4().hex),
+        body(b, {"name": "snapkv", "budget": 0.3}, salt=uuid.uuid4().hex),
+        body(c, salt=uuid.uuid4().hex),
+        body(d, {"name": "kvmerger", "budget": 0.3}, salt=uuid.uuid4().hex),
+    )
+    assert [mixed[0], mixed[2]] == solo
+    assert all(mixed)  # the compressed ones answered too
+
+
+def test_prefix_cache_hit_after_compressed_request_is_exact(server, auth, needle_prompts):
+    sample = needle_prompts[7]
+    # Reference: the same prompt, with its prefix cached by a request under `full`.
+    cold_salt, salt = uuid.uuid4().hex, uuid.uuid4().hex
+    [cold] = run(server, auth, body(sample, salt=cold_salt))
+    [warm_reference] = run(server, auth, body(sample, salt=cold_salt))
+    run(server, auth, body(sample, {"name": "snapkv", "budget": 0.25}, salt=salt))
+    hits_before = metric_value(metrics(server, auth), "vllm:prefix_cache_hits_total")
+    [after_compressed] = run(server, auth, body(sample, salt=salt))
+    hits = metric_value(metrics(server, auth), "vllm:prefix_cache_hits_total") - hits_before
+    assert hits >= (sample.prompt_tokens // BLOCK - 1) * BLOCK  # it did read the cache
+    assert after_compressed == warm_reference == cold
+
+
+def test_abort_of_compressed_request_frees_everything(server, auth, needle_prompts):
+    payload = body(needle_prompts[0], {"name": "h2o", "budget": 0.3}, max_tokens=1000,
+                   ignore_eos=True, salt=uuid.uuid4().hex, stream=True)
+    with httpx.stream("POST", server.url + "/v1/chat/completions", headers=auth,
+                      json=payload, timeout=60) as resp:
+        lines = resp.iter_lines()
+        assert [next(lines) for _ in range(6)]
+        assert kv_usage(server, auth) > 0
+    for _ in range(100):
+        if kv_usage(server, auth) == 0:
+            break
+        asyncio.run(asyncio.sleep(0.1))
+    assert kv_usage(server, auth) == 0
+    assert httpx.get(server.url + "/ready").status_code == 200
+
+
+def test_long_generation_runs_the_policy_again(server, auth, needle_prompts):
+    text = metrics(server, auth)
+    before = metric_value(text, "longserve_kv_compactions_total", policy="streaming")
+    [out] = run(server, auth, body(needle_prompts[1], {"name": "streaming", "budget": 512},
+                                   max_tokens=320, ignore_eos=True, salt=uuid.uuid4().hex))
+    assert len(out) == 320
+    compactions = metric_value(metrics(server, auth), "longserve_kv_compactions_total",
+                               policy="streaming") - before
+    # once at the end of prefill, once more when the live KV grew 256 past the budget
+    assert compactions == 2
