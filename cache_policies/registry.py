@@ -12,6 +12,7 @@ KV_POLICIES: dict[str, str] = {
     "snapkv": "cache_policies.evict.snapkv:SnapKV",
     "h2o": "cache_policies.evict.h2o:H2O",
     "tova": "cache_policies.evict.tova:TOVA",
+    "chunkkv": "cache_policies.evict.chunkkv:ChunkKV",
     "kvmerger": "cache_policies.merge.kvmerger:KVMerger",
     "d2o": "cache_policies.merge.d2o:D2O",
 }

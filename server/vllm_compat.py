@@ -21,6 +21,23 @@ INTERNALS: list[tuple[str, str]] = [
     ("vllm.v1.attention.backends.cpu_attn", "CPUAttentionBackendImpl.forward"),
     ("vllm.entrypoints.serve.utils.api_utils", "with_cancellation"),
     ("vllm.utils.gc_utils", "freeze_gc_heap"),
+    # KV policies (cache_policies/scheduler.py, runtime.py, worker.py; the policy-aware
+    # backend). Also relied on, as instance attributes the engine tests exercise:
+    # KVCacheManager.coordinator.single_type_managers, SingleTypeKVCacheManager
+    # .req_to_blocks/.num_cached_block/.block_pool, BlockPool.null_block,
+    # GPUModelRunner.input_batch.req_ids, SchedulerOutput.preempted_req_ids,
+    # CommonAttentionMetadata.block_table_tensor/.seq_lens/.num_reqs.
+    ("vllm.v1.core.sched.scheduler", "Scheduler.schedule"),
+    ("vllm.v1.core.sched.scheduler", "Scheduler.add_request"),
+    ("vllm.v1.core.sched.scheduler", "Scheduler._preempt_request"),
+    ("vllm.v1.core.sched.scheduler", "Scheduler._free_request"),
+    ("vllm.v1.core.block_pool", "BlockPool.get_new_blocks"),
+    ("vllm.v1.core.block_pool", "BlockPool.free_blocks"),
+    ("vllm.v1.core.block_pool", "BlockPool.get_num_free_blocks"),
+    ("vllm.v1.core.single_type_kv_cache_manager", "FullAttentionManager.cache_blocks"),
+    ("vllm.v1.attention.backends.cpu_attn", "CPUAttentionBackendImpl.do_kv_cache_update"),
+    ("vllm.v1.attention.backends.cpu_attn", "CPUAttentionMetadataBuilder.build"),
+    ("vllm.v1.worker.cpu_worker", "CPUWorker.execute_model"),
 ]
 
 

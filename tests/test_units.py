@@ -34,7 +34,8 @@ def test_settings_read_env_and_init_wins(monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
-    ({"kv_policy": "nope"}, "valid names: full"),
+    ({"kv_policy": "nope"}, "valid names: chunkkv, d2o, full, h2o, kvmerger, snapkv, streaming, tova"),
+    ({"kv_policy": "snapkv", "kv_budget": 0}, "keep at least 1 token"),
     ({"context_strategy": "nope"}, "valid names: reject"),
     ({"kv_policy": "full", "kv_budget": 0.5}, "takes no budget"),
     ({"port": 0}, "greater than or equal to 1"),
@@ -234,7 +235,7 @@ def test_error_mapper(exc, status, type_):
 
 @pytest.mark.parametrize("argv, fragment", [
     (["serve", "--no-such-flag", "3"], "unrecognized arguments: --no-such-flag"),
-    (["serve", "--kv-policy", "bogus"], "unknown kv_policy 'bogus'; valid names: full"),
+    (["serve", "--kv-policy", "bogus"], "unknown kv_policy 'bogus'; valid names: chunkkv, d2o, full"),
     (["serve", "--kv-cache-memory", "lots"], "--kv-cache-memory"),
 ])
 def test_serve_rejects_bad_flags_before_loading_anything(capsys, argv, fragment):

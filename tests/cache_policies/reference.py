@@ -60,6 +60,18 @@ def snapkv(x, kernel: int = 7) -> list[list[int]]:
     return kept
 
 
+def chunkkv(x, chunk: int = 16) -> list[list[int]]:
+    kept = []
+    for h in range(x.keys.shape[0]):
+        votes = window_votes(x, h)
+        scores = [sum(votes[c: c + chunk]) for c in range(0, x.region, chunk)]
+        per_token = [scores[p // chunk] for p in range(x.region)]
+        for p in protected(x, x.queries.shape[1]):
+            per_token[p] = math.inf
+        kept.append(best(per_token, x.keep))
+    return kept
+
+
 def h2o(x) -> list[list[int]]:
     kept = []
     recent = (x.keep + x.length - x.region) // 2

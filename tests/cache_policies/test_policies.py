@@ -31,7 +31,7 @@ def policy(name):
     return make_policy(make_config(name, 0.5))
 
 
-@pytest.mark.parametrize("name", ["streaming", "snapkv", "h2o", "tova"])
+@pytest.mark.parametrize("name", ["streaming", "snapkv", "h2o", "tova", "chunkkv"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_evict_policy_keeps_what_its_paper_keeps(name, seed):
     pol = policy(name)

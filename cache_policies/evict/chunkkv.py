@@ -1,0 +1,24 @@
+"""ChunkKV (Liu et al., 2025, https://arxiv.org/abs/2502.00299): keep whole chunks of
+consecutive tokens, scored by the attention the observation window pays to the chunk,
+so that a fact survives as a unit rather than as its most-attended tokens (a number
+keeps all its digits). Scores as in SnapKV, summed per chunk instead of max-pooled."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from cache_policies.base import PolicyInputs, ScorerPolicy, protect_last, window_attention
+
+
+class ChunkKV(ScorerPolicy):
+    name = "chunkkv"
+    window = 32
+    chunk = 16
+
+    def score(self, x: PolicyInputs) -> torch.Tensor:
+        votes = window_attention(x)[..., : x.region].sum(dim=2).mean(dim=1)
+        pad = -x.region % self.chunk
+        chunks = F.pad(votes, (0, pad)).view(votes.shape[0], -1, self.chunk).sum(dim=-1)
+        scores = chunks.repeat_interleave(self.chunk, dim=1)[:, : x.region].contiguous()
+        return protect_last(scores, x, x.queries.shape[1])
