@@ -52,6 +52,9 @@ class PolicyRuntime:
             drop = gone | resumed
             self.accumulated = {k: v for k, v in self.accumulated.items() if k[0] not in drop}
 
+    def end_step(self) -> None:
+        self.steps, self.rows = {}, []
+
     def _policy(self, step: PolicyStep) -> KVPolicy:
         policy = self._policies.get(step.policy)
         if policy is None:

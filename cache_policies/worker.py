@@ -11,7 +11,10 @@ from cache_policies.runtime import RUNTIME
 class PolicyWorkerMixin:
     def execute_model(self, scheduler_output):
         RUNTIME.begin_step(scheduler_output, self.model_runner)  # type: ignore[attr-defined]
-        return super().execute_model(scheduler_output)  # type: ignore[misc]
+        try:
+            return super().execute_model(scheduler_output)  # type: ignore[misc]
+        finally:  # passes outside a scheduled step (warm-up, profiling) see no plan
+            RUNTIME.end_step()
 
 
 class PolicyCPUWorker(PolicyWorkerMixin, CPUWorker):

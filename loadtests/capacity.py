@@ -1,7 +1,10 @@
 """`longserve bench capacity`: with the server's fixed KV memory, how many long requests
 run at once and how fast, under `full` and under each KV policy, in one run.
 
-A closed loop keeps `concurrency` requests outstanding (more than the KV memory holds
+Two workloads: distinct documents (every request prefills its own prompt, so prefill
+bounds throughput on a small host), or `--shared-document` (many questions over one
+long document: the document comes from the prefix cache, decoding dominates; copy-on-
+compact keeps the cached document intact for the next request). A closed loop keeps `concurrency` requests outstanding (more than the KV memory holds
 under `full`); a sampler reads vLLM's own gauges (`vllm:num_requests_running`,
 `vllm:kv_cache_usage_perc`) while it runs. Each run gets fresh prompts, so no run reads
 another's prefix cache. Figures are ratios against the `full` run of the same invocation.
@@ -14,7 +17,7 @@ import time
 
 import httpx
 
-from loadtests.load import make_requests, run_load
+from loadtests.load import LoadRequest, make_requests, run_load
 from loadtests.policies import FULL, PolicyRun
 
 
@@ -46,14 +49,41 @@ async def _sample(url: str, headers: dict, stop: asyncio.Event, every: float) ->
     return samples
 
 
+def shared_document_requests(tokenizer, n: int, prompt_len: int, output_len: int,
+                             seed: int) -> list[LoadRequest]:
+    """n requests over one long document, each ending with its own question: after one
+    warm-up request the document comes from the prefix cache and decoding dominates."""
+    [base] = make_requests(tokenizer, 1, f"{prompt_len}:1", str(output_len), seed)
+    out = []
+    for i in range(n):
+        messages = [dict(m) for m in base.messages]
+        messages[-1]["content"] += f"\n\nQuestion {i}: retell the passage in your own words."
+        out.append(LoadRequest(messages, base.prompt_tokens, output_len))
+    return out
+
+
+async def _warm_up(url: str, model: str, headers: dict, request: LoadRequest) -> None:
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=3600) as http:
+        resp = await http.post("/v1/chat/completions", json={
+            "model": model, "messages": request.messages, "max_tokens": 1})
+        resp.raise_for_status()
+
+
 async def run_capacity(url: str, model: str, tokenizer, runs: list[PolicyRun], *, num_requests: int,
                        prompt_len: int, output_len: int, concurrency: int, seed: int,
-                       api_key: str | None, progress: bool = True) -> list[dict]:
+                       api_key: str | None, shared_document: bool = False,
+                       progress: bool = True) -> list[dict]:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     rows = []
     for i, run in enumerate([FULL, *runs]):
-        requests = make_requests(tokenizer, num_requests, f"{prompt_len}:1", str(output_len),
-                                 seed + 1000 * (i + 1))
+        run_seed = seed + 1000 * (i + 1)
+        if shared_document:
+            requests = shared_document_requests(tokenizer, num_requests, prompt_len,
+                                                output_len, run_seed)
+            await _warm_up(url, model, headers, requests[0])
+        else:
+            requests = make_requests(tokenizer, num_requests, f"{prompt_len}:1",
+                                     str(output_len), run_seed)
         stop = asyncio.Event()
         sampler = asyncio.create_task(_sample(url, headers, stop, 0.5))
         result = await run_load(url, model, requests, extra_body=run.body(), api_key=api_key,

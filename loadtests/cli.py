@@ -171,7 +171,7 @@ def capacity(args) -> list[dict]:
         parse_runs(args.policies, args.budgets), num_requests=args.num_requests,
         prompt_len=args.prompt_len, output_len=args.output_len,
         concurrency=args.concurrency, seed=args.seed, api_key=args.api_key,
-        progress=not args.no_progress))
+        shared_document=args.shared_document, progress=not args.no_progress))
     out = args.out / args.label
     report.write_json(out / "capacity.json", {"config": vars(args) | {"out": str(args.out)},
                                               "rows": rows})
@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     cp.add_argument("--prompt-len", type=int, default=4096)
     cp.add_argument("--output-len", type=int, default=128)
     cp.add_argument("--concurrency", type=int, default=16)
+    cp.add_argument("--shared-document", action="store_true",
+                    help="every request asks about one document (prefix-cached after a "
+                    "warm-up): decode-bound instead of prefill-bound")
     p = sub.add_parser("plot", help="score and fidelity against length or KV budget")
     p.add_argument("runs", nargs="+", help="quality.json files")
     p.add_argument("--x", choices=["length", "x_value"], default="x_value")

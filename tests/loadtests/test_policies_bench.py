@@ -1,0 +1,41 @@
+"""`bench policies` and `bench capacity` bookkeeping (no engine)."""
+
+from __future__ import annotations
+
+from loadtests.capacity import capacity_markdown
+from loadtests.policies import FULL, matrix_markdown, matrix_summary, parse_runs
+
+
+def test_parse_runs_is_the_cartesian_product_with_typed_budgets():
+    runs = parse_runs("snapkv,h2o", "0.5,512")
+    assert [r.label for r in runs] == ["snapkv@0.5", "snapkv@512", "h2o@0.5", "h2o@512"]
+    assert runs[1].body() == {"kv_policy": {"name": "snapkv", "budget": 512}}
+    assert FULL.body() == {"kv_policy": {"name": "full", "budget": None}}
+
+
+def record(id_, length, score, tokens):
+    return {"id": id_, "task": "t", "length": length, "score": score, "tokens": tokens,
+            "error": None}
+
+
+def test_matrix_summary_scores_each_run_against_full_of_the_same_length():
+    records = {
+        "full": [record("a", 2048, 1.0, [1, 2]), record("b", 2048, 1.0, [3]),
+                 record("c", 4096, 0.5, [4])],
+        "snapkv@0.5": [record("a", 2048, 1.0, [1, 2]), record("b", 2048, 0.0, [9]),
+                       record("c", 4096, 0.5, [4])],
+    }
+    rows = {(r["run"], r["length"]): r for r in matrix_summary(records)}
+    snap = rows[("snapkv@0.5", 2048)]
+    assert snap["score"] == 50.0 and snap["of_full"] == 0.5
+    assert snap["identical"] == 0.5 and snap["token_agreement"] == 0.5
+    assert rows[("snapkv@0.5", 4096)]["of_full"] == 1.0
+    assert "| snapkv@0.5 | 2048 | 2 | 50.0 | 50.0% | 50.0% | 50.0% |" in matrix_markdown(
+        list(rows.values()), "t")
+
+
+def test_capacity_markdown_states_ratios():
+    row = {"run": "snapkv@0.35", "completed": 8, "running_mean": 6.0, "running_max": 7,
+           "running_vs_full": 2.5, "kv_usage_mean": 0.9, "output_tok_s": 40.0,
+           "throughput_vs_full": 2.1, "ttft_ms_p50": 900, "tpot_ms_p50": 80, "preemptions": 0}
+    assert "| 6.00 / 7 | 2.50x | 90% | 40.0 | 2.10x |" in capacity_markdown([row], "t")
