@@ -96,6 +96,12 @@ def window_attention(x: PolicyInputs) -> torch.Tensor:
     return attention_probs(x.queries, x.keys, x.scale, x.length - x.queries.shape[1])
 
 
+def window_votes(x: PolicyInputs) -> torch.Tensor:
+    """Attention each candidate receives from the window queries, summed over the window
+    and averaged over the query heads sharing its KV head: (kv_heads, region)."""
+    return window_attention(x)[..., : x.region].sum(dim=2).mean(dim=1)
+
+
 def attention_probs(queries: torch.Tensor, keys: torch.Tensor, scale: float,
                     first: int) -> torch.Tensor:
     """Causal softmax attention, fp32. queries (heads, W, dim) at positions first..first+W-1,

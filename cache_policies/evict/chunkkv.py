@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cache_policies.base import PolicyInputs, ScorerPolicy, protect_last, window_attention
+from cache_policies.base import PolicyInputs, ScorerPolicy, protect_last, window_votes
 
 
 class ChunkKV(ScorerPolicy):
@@ -17,7 +17,7 @@ class ChunkKV(ScorerPolicy):
     chunk = 16
 
     def score(self, x: PolicyInputs) -> torch.Tensor:
-        votes = window_attention(x)[..., : x.region].sum(dim=2).mean(dim=1)
+        votes = window_votes(x)
         pad = -x.region % self.chunk
         chunks = F.pad(votes, (0, pad)).view(votes.shape[0], -1, self.chunk).sum(dim=-1)
         scores = chunks.repeat_interleave(self.chunk, dim=1)[:, : x.region].contiguous()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cache_policies.base import PolicyInputs, ScorerPolicy, protect_last, window_attention
+from cache_policies.base import PolicyInputs, ScorerPolicy, protect_last, window_votes
 
 
 class SnapKV(ScorerPolicy):
@@ -16,8 +16,7 @@ class SnapKV(ScorerPolicy):
     kernel = 7
 
     def score(self, x: PolicyInputs) -> torch.Tensor:
-        probs = window_attention(x)  # (kv_heads, group, W, P)
-        votes = probs[..., : x.region].sum(dim=2).mean(dim=1)  # (kv_heads, region)
+        votes = window_votes(x)
         pooled = F.max_pool1d(votes.unsqueeze(1), self.kernel, stride=1,
                               padding=self.kernel // 2).squeeze(1)
         return protect_last(pooled, x, x.queries.shape[1])

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from cache_policies.base import (
     Kept, KVPolicy, PolicyInputs, gather_entries, protect_last, top_positions,
-    window_attention,
+    window_votes,
 )
 
 
@@ -22,7 +22,7 @@ class D2O(KVPolicy):
     window = 32
 
     def compress(self, x: PolicyInputs) -> Kept:
-        votes = window_attention(x)[..., : x.region].sum(dim=2).mean(dim=1)
+        votes = window_votes(x)
         indices = top_positions(protect_last(votes, x, x.queries.shape[1]), x.keep)
         out = gather_entries(x, indices)
         heads, region = votes.shape

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from cache_policies.base import (
     Kept, KVPolicy, PolicyInputs, gather_entries, protect_last, top_positions,
-    window_attention,
+    window_votes,
 )
 
 
@@ -45,7 +45,7 @@ class KVMerger(KVPolicy):
     threshold = 0.75  # cosine similarity that keeps consecutive keys in one set
 
     def compress(self, x: PolicyInputs) -> Kept:
-        votes = window_attention(x)[..., : x.region].sum(dim=2).mean(dim=1)
+        votes = window_votes(x)
         indices = top_positions(protect_last(votes, x, x.queries.shape[1]), x.keep)
         kept = torch.zeros(votes.shape, dtype=torch.bool).scatter_(1, indices, True)
         pivot = nearest_pivot(kept, merging_sets(x.keys[:, : x.region], self.threshold))

@@ -97,17 +97,21 @@ def window_votes(x, h: int) -> list[float]:
             for p in range(x.region)]
 
 
+def survivors(x, h: int):
+    """SnapKV's choice without pooling (the merge policies' survivors), and the head's
+    candidate keys and values in fp32."""
+    votes = window_votes(x, h)
+    for p in protected(x, x.queries.shape[1]):
+        votes[p] = math.inf
+    return best(votes, x.keep), x.keys[h, : x.region].float(), x.values[h, : x.region].float()
+
+
 def kvmerger(x, threshold: float = 0.75):
     """Kept positions and merged (keys, values) per head, by the rule in the docstring of
     `cache_policies.merge.kvmerger`."""
     out = []
     for h in range(x.keys.shape[0]):
-        votes = window_votes(x, h)
-        for p in protected(x, x.queries.shape[1]):
-            votes[p] = math.inf
-        kept = best(votes, x.keep)
-        keys = x.keys[h, : x.region].float()
-        values = x.values[h, : x.region].float()
+        kept, keys, values = survivors(x, h)
         set_of = [0]
         for p in range(1, x.region):
             cos = float(torch.nn.functional.cosine_similarity(keys[p], keys[p - 1], dim=0))
@@ -134,12 +138,7 @@ def kvmerger(x, threshold: float = 0.75):
 def d2o(x):
     out = []
     for h in range(x.keys.shape[0]):
-        votes = window_votes(x, h)
-        for p in protected(x, x.queries.shape[1]):
-            votes[p] = math.inf
-        kept = best(votes, x.keep)
-        keys = x.keys[h, : x.region].float()
-        values = x.values[h, : x.region].float()
+        kept, keys, values = survivors(x, h)
         evicted = [p for p in range(x.region) if p not in kept]
         nearest = {}
         for p in evicted:
