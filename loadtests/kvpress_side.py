@@ -59,17 +59,52 @@ def generate(model, tokenizer, prompt: str, press, max_new_tokens: int) -> list[
     return generated
 
 
+def side_by_side(kvpress: dict, policies: dict) -> str:
+    """Markdown: per (task, length), the HF full cache and each press beside longserve's
+    full cache and the policy of the same paper at the same budget (matched by sample id)."""
+    budget = kvpress["config"]["budget"]
+    ours = policies["records"]
+    ids = {r["id"] for r in kvpress["records"]["hf-full"]}
+
+    def mean(records):
+        chosen = [r["score"] for r in records if r["id"] in ids]
+        return 100 * sum(chosen) / len(chosen) if chosen else float("nan")
+
+    lines = [f"| method (budget {budget}) | kvpress on HF | longserve on vLLM |",
+             "| --- | ---: | ---: |",
+             f"| full cache | {mean(kvpress['records']['hf-full']):.1f} | "
+             f"{mean(ours['full']):.1f} |"]
+    for name in PRESSES:
+        label = f"kvpress-{name}@{budget}"
+        if label not in kvpress["records"]:
+            continue
+        mine = ours.get(f"{name}@{budget}")
+        lines.append(f"| {name} | {mean(kvpress['records'][label]):.1f} | "
+                     f"{mean(mine):.1f} |" if mine else
+                     f"| {name} | {mean(kvpress['records'][label]):.1f} | — |")
+    return "\n".join(lines) + f"\n\n({len(ids)} samples)\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtests.kvpress_side", description=__doc__)
     p.add_argument("--tasks", default="niah_single,niah_multikey,niah_multivalue")
     p.add_argument("--lengths", default="2048,4096")
     p.add_argument("--samples", type=int, default=20)
     p.add_argument("--seed", type=int, default=0, help="as given to `bench policies`")
-    p.add_argument("--model", required=True, help="Hugging Face model directory")
+    p.add_argument("--model", help="Hugging Face model directory (required to run)")
     p.add_argument("--presses", default="snapkv,streaming,tova,knorm")
     p.add_argument("--budget", type=float, default=0.35)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--report", type=Path, metavar="POLICIES_JSON",
+                   help="print the side-by-side table of OUT/kvpress.json and this "
+                   "`bench policies` result, and exit")
     args = p.parse_args(argv)
+    if args.report:
+        print(side_by_side(json.loads((args.out / "kvpress.json").read_text()),
+                           json.loads(args.report.read_text())))
+        return 0
+    if not args.model:
+        p.error("--model is required to run the presses")
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
