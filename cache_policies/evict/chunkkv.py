@@ -1,7 +1,9 @@
 """ChunkKV (Liu et al., 2025, https://arxiv.org/abs/2502.00299): keep whole chunks of
 consecutive tokens, scored by the attention the observation window pays to the chunk,
 so that a fact survives as a unit rather than as its most-attended tokens (a number
-keeps all its digits). Scores as in SnapKV, summed per chunk instead of max-pooled."""
+keeps all its digits). Scores as in SnapKV, summed per chunk instead of max-pooled, and
+averaged over the layer's KV heads so that every head keeps the same chunks (as TOVA's
+head-shared choice, which beat per-head choices on the default model; BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ class ChunkKV(ScorerPolicy):
     chunk = 16
 
     def score(self, x: PolicyInputs) -> torch.Tensor:
-        votes = window_votes(x)
+        votes = window_votes(x).mean(dim=0, keepdim=True)
         pad = -x.region % self.chunk
-        chunks = F.pad(votes, (0, pad)).view(votes.shape[0], -1, self.chunk).sum(dim=-1)
-        scores = chunks.repeat_interleave(self.chunk, dim=1)[:, : x.region].contiguous()
+        chunks = F.pad(votes, (0, pad)).view(1, -1, self.chunk).sum(dim=-1)
+        scores = chunks.repeat_interleave(self.chunk, dim=1)[:, : x.region]
+        scores = scores.expand(x.keys.shape[0], -1).contiguous()
         return protect_last(scores, x, x.queries.shape[1])

@@ -61,15 +61,14 @@ def snapkv(x, kernel: int = 7) -> list[list[int]]:
 
 
 def chunkkv(x, chunk: int = 16) -> list[list[int]]:
-    kept = []
-    for h in range(x.keys.shape[0]):
-        votes = window_votes(x, h)
-        scores = [sum(votes[c: c + chunk]) for c in range(0, x.region, chunk)]
-        per_token = [scores[p // chunk] for p in range(x.region)]
-        for p in protected(x, x.queries.shape[1]):
-            per_token[p] = math.inf
-        kept.append(best(per_token, x.keep))
-    return kept
+    kv_heads = x.keys.shape[0]
+    per_head = [window_votes(x, h) for h in range(kv_heads)]
+    votes = [sum(v[p] for v in per_head) / kv_heads for p in range(x.region)]
+    scores = [sum(votes[c: c + chunk]) for c in range(0, x.region, chunk)]
+    per_token = [scores[p // chunk] for p in range(x.region)]
+    for p in protected(x, x.queries.shape[1]):
+        per_token[p] = math.inf
+    return [best(per_token, x.keep)] * kv_heads
 
 
 def h2o(x) -> list[list[int]]:
