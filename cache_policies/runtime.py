@@ -130,12 +130,16 @@ class PolicyRuntime:
         bs = self.block_size
         region = len(c.sources) * bs
         length = region + c.tail_tokens
+        offset = r.length - length  # a shared prefix before the sources stays as it is
         blocks = torch.tensor(c.sources + (c.tail,), dtype=torch.long)
         keys, values = impl.read_blocks(layer, kv_cache, blocks, length)
         window = min(r.policy.window, query.shape[0])
-        accumulated = self.accumulated.get(key)
-        if accumulated is not None and accumulated.shape[1] < length:
-            accumulated = torch.nn.functional.pad(accumulated, (0, length - accumulated.shape[1]))
+        received = self.accumulated.get(key)
+        accumulated = None
+        if received is not None:
+            accumulated = received[:, offset:]
+            if accumulated.shape[1] < length:
+                accumulated = torch.nn.functional.pad(accumulated, (0, length - accumulated.shape[1]))
         x = PolicyInputs(keys, values, query[-window:].transpose(0, 1), impl.scale,
                          region, len(c.targets) * bs, accumulated)
         kept = r.policy.compress(x) if x.keep else None
@@ -143,10 +147,7 @@ class PolicyRuntime:
             impl.write_blocks(layer, kv_cache, torch.tensor(c.targets, dtype=torch.long),
                               kept.keys, kept.values)
         if accumulated is not None:
-            survivors = [accumulated[:, region:length]]
+            survivors = [received[:, :offset], accumulated[:, region:length]]
             if kept is not None:
-                survivors.insert(0, accumulated.gather(1, kept.indices))
+                survivors.insert(1, accumulated.gather(1, kept.indices))
             self.accumulated[key] = torch.cat(survivors, dim=1)
-
-
-RUNTIME = PolicyRuntime()

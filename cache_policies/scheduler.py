@@ -9,7 +9,10 @@ vLLM's sliding-window manager does. Steps run in order on the workers, so a free
 can only be handed out again for a later step, after this step has read it.
 
 Copy, never rewrite in place: blocks the request shares through the prefix cache, or
-registered there, keep their contents, so prefix-cache hits stay exact. Blocks written
+registered there, keep their contents, so prefix-cache hits stay exact. A prefix that
+other running requests hold at that moment (many questions over one cached document)
+is left shared and out of the policy's reach: a private compressed copy would cost more
+memory than the shared original (BENCHMARKS.md, capacity). Blocks written
 after a compaction hold KV computed under compressed attention and are never registered.
 Preemption frees everything and recomputes from tokens; the policy then runs again.
 """
@@ -39,9 +42,10 @@ DEFAULT_RECOMPRESS_EVERY = 1024
 class _Request:
     config: KVPolicyConfig
     budget: int  # tokens
-    front: list = field(default_factory=list)  # KVCacheBlock
+    front: list = field(default_factory=list)  # KVCacheBlock: shared prefix + survivors
     tail_start: int = 0
     prefilled: bool = False
+    pinned: int = 0  # leading blocks shared with other requests, kept as they are
 
     def step(self) -> PolicyStep:
         return PolicyStep(self.config, tuple(b.block_id for b in self.front), self.tail_start)
@@ -91,7 +95,7 @@ class PolicyScheduler(Scheduler):
         super()._preempt_request(request, *args, **kwargs)
         state = self._policies.get(request.request_id)
         if state is not None:  # blocks are gone; the recompute runs the policy again
-            state.front, state.tail_start, state.prefilled = [], 0, False
+            state.front, state.tail_start, state.prefilled, state.pinned = [], 0, False, 0
 
     def _free_request(self, request, *args, **kwargs):
         self._policies.pop(request.request_id, None)
@@ -124,9 +128,12 @@ class PolicyScheduler(Scheduler):
             return None
         blocks = self._manager.req_to_blocks[request.request_id]
         last = (length - 1) // bs
-        region = state.front + blocks[state.tail_start:last]
+        if not state.front:  # first compaction: a prefix other requests hold stays shared
+            state.pinned = next((i for i, b in enumerate(blocks[:last]) if b.ref_cnt < 2), last)
+        pinned = state.pinned
+        region = (state.front or blocks[:pinned])[pinned:] + blocks[state.tail_start or pinned:last]
         tail_tokens = length - last * bs
-        keep = max(0, round((state.budget - tail_tokens) / bs))
+        keep = max(0, round((state.budget - tail_tokens) / bs) - pinned)
         if keep >= len(region):
             return None
         pool = self._manager.block_pool
@@ -134,13 +141,14 @@ class PolicyScheduler(Scheduler):
             self._stats.add(state.config.name, skipped=1)
             return None
         targets = pool.get_new_blocks(keep)
-        blocks[:keep] = targets
-        blocks[keep:last] = [pool.null_block] * (last - keep)
+        blocks[pinned:pinned + keep] = targets
+        blocks[pinned + keep:last] = [pool.null_block] * (last - pinned - keep)
         pool.free_blocks(reversed(region))
         # Blocks filled from now on hold KV computed under compressed attention.
         self._manager.num_cached_block[request.request_id] = sys.maxsize
-        state.front, state.tail_start = targets, last
+        state.front, state.tail_start = blocks[:pinned + keep], last
         self._stats.add(state.config.name, compactions=1, tokens_before=live,
-                        tokens_kept=keep * bs + tail_tokens, blocks_freed=len(region) - keep)
+                        tokens_kept=(pinned + keep) * bs + tail_tokens,
+                        blocks_freed=len(region) - keep)
         return Compaction(tuple(b.block_id for b in region), blocks[last].block_id,
                           tail_tokens, tuple(b.block_id for b in targets))

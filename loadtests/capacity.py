@@ -6,7 +6,9 @@ bounds throughput on a small host), or `--shared-document` (many questions over 
 long document: the document comes from the prefix cache, decoding dominates; copy-on-
 compact keeps the cached document intact for the next request). A closed loop keeps `concurrency` requests outstanding (more than the KV memory holds
 under `full`); a sampler reads vLLM's own gauges (`vllm:num_requests_running`,
-`vllm:kv_cache_usage_perc`) while it runs. Each run gets fresh prompts, so no run reads
+`vllm:kv_cache_usage_perc`) while it runs. "Requests per KV pool" is requests running over
+KV usage: how many such requests the whole pool holds, whether or not this run filled it
+(a prefill-bound run may not). Each run gets fresh prompts, so no run reads
 another's prefix cache. Figures are ratios against the `full` run of the same invocation.
 """
 
@@ -102,22 +104,33 @@ async def run_capacity(url: str, model: str, tokenizer, runs: list[PolicyRun], *
             "preemptions": samples[-1]["preemptions"] - samples[0]["preemptions"] if samples else 0,
             "ttft_ms_p50": result["ttft_ms"]["p50"], "tpot_ms_p50": result["tpot_ms"]["p50"],
         })
+    for row in rows:  # requests the whole KV pool would hold at this run's usage per request
+        row["requests_per_pool"] = (row["running_mean"] / row["kv_usage_mean"]
+                                    if row["kv_usage_mean"] else None)
     base = rows[0]
     for row in rows:
         row["running_vs_full"] = row["running_mean"] / base["running_mean"]
         row["throughput_vs_full"] = row["output_tok_s"] / base["output_tok_s"]
+        row["per_pool_vs_full"] = (row["requests_per_pool"] / base["requests_per_pool"]
+                                   if row["requests_per_pool"] and base["requests_per_pool"]
+                                   else None)
     return rows
 
 
 def capacity_markdown(rows: list[dict], title: str) -> str:
     lines = [f"### {title}", "",
-             "| run | done | requests running (mean / max) | vs full | KV usage | output tok/s "
-             "| vs full | TTFT p50 ms | TPOT p50 ms | preemptions |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| run | done | requests running (mean / max) | vs full | KV usage | requests per "
+             "KV pool | vs full | output tok/s | vs full | TTFT p50 ms | TPOT p50 ms "
+             "| preemptions |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+             "| ---: |"]
     for r in rows:
+        per_pool = "—" if r.get("requests_per_pool") is None else f"{r['requests_per_pool']:.1f}"
+        per_pool_x = "—" if r.get("per_pool_vs_full") is None else f"{r['per_pool_vs_full']:.2f}x"
         lines.append(
             f"| {r['run']} | {r['completed']} | {r['running_mean']:.2f} / {r['running_max']:.0f} "
             f"| {r['running_vs_full']:.2f}x | {100 * r['kv_usage_mean']:.0f}% "
+            f"| {per_pool} | {per_pool_x} "
             f"| {r['output_tok_s']:.1f} | {r['throughput_vs_full']:.2f}x "
             f"| {r['ttft_ms_p50']:.0f} | {r['tpot_ms_p50']:.0f} | {r['preemptions']:.0f} |")
     return "\n".join(lines) + "\n"

@@ -155,3 +155,37 @@ def test_long_generation_runs_the_policy_again(server, auth, needle_prompts):
                                policy="streaming") - before
     # once at the end of prefill, once more when the live KV grew 256 past the budget
     assert compactions == 2
+
+
+def test_prefix_held_by_another_request_stays_shared(server, auth, needle_prompts):
+    """Many questions over one document: while a running request holds the document's
+    blocks, a compressed request that hit them in the prefix cache leaves them shared
+    (a private compressed copy would cost more memory); alone, it compacts as usual."""
+    salt = uuid.uuid4().hex
+    doc = needle_prompts[2]
+    other = copy_with_question(doc, "What is the special magic number? Answer twice.")
+
+    def compactions():
+        return metric_value(metrics(server, auth), "longserve_kv_compactions_total",
+                            policy="tova")
+
+    holder = body(doc, max_tokens=200, ignore_eos=True, salt=salt, stream=True)
+    with httpx.stream("POST", server.url + "/v1/chat/completions", headers=auth,
+                      json=holder, timeout=120) as resp:
+        lines = resp.iter_lines()
+        next(lines), next(lines)  # the holder's prompt is in the cache and held
+        before = compactions()
+        [shared] = run(server, auth, body(other, {"name": "tova", "budget": 0.3}, salt=salt))
+        assert compactions() == before
+    [alone] = run(server, auth, body(other, {"name": "tova", "budget": 0.3}, salt=salt))
+    assert compactions() == before + 1
+    assert shared and alone
+
+
+def copy_with_question(sample, question: str):
+    import dataclasses
+
+    messages = [dict(m) for m in sample.messages]
+    user = next(m for m in messages if m["role"] == "user")
+    user["content"] += "\n" + question
+    return dataclasses.replace(sample, messages=messages)

@@ -36,6 +36,8 @@ def test_matrix_summary_scores_each_run_against_full_of_the_same_length():
 
 def test_capacity_markdown_states_ratios():
     row = {"run": "snapkv@0.35", "completed": 8, "running_mean": 6.0, "running_max": 7,
-           "running_vs_full": 2.5, "kv_usage_mean": 0.9, "output_tok_s": 40.0,
+           "running_vs_full": 2.5, "kv_usage_mean": 0.5, "requests_per_pool": 12.0,
+           "per_pool_vs_full": 2.6, "output_tok_s": 40.0,
            "throughput_vs_full": 2.1, "ttft_ms_p50": 900, "tpot_ms_p50": 80, "preemptions": 0}
-    assert "| 6.00 / 7 | 2.50x | 90% | 40.0 | 2.10x |" in capacity_markdown([row], "t")
+    assert "| 6.00 / 7 | 2.50x | 50% | 12.0 | 2.60x | 40.0 | 2.10x |" in capacity_markdown(
+        [row], "t")
