@@ -151,3 +151,6 @@ class PolicyRuntime:
             if kept is not None:
                 survivors.insert(1, accumulated.gather(1, kept.indices))
             self.accumulated[key] = torch.cat(survivors, dim=1)
+
+
+RUNTIME = PolicyRuntime()
