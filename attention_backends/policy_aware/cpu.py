@@ -15,20 +15,21 @@ from vllm.v1.attention.backends.cpu_attn import (
 
 from attention_backends.policy_aware.base import PolicyAwareBuilderMixin, PolicyAwareImplMixin
 
-_LAYOUTS: dict[tuple, torch.Tensor] = {}
+_LAYOUTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 class PolicyAwareCPUImpl(PolicyAwareImplMixin, CPUAttentionBackendImpl):
     # A subclass rather than a wrapper object: vLLM's CPU metadata builder finds
     # sliding-window layers with isinstance(layer.impl, CPUAttentionBackendImpl).
 
-    def _layout(self, layer, kv_cache: torch.Tensor) -> torch.Tensor:
+    def _layout(self, layer, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For every storage element of one (block, head): which logical entry it holds,
-        as the index t * head_dim + d into keys (first half) or values (second half)."""
+        as an index into keys (t * head_dim + d) followed by values; and the inverse
+        permutation (where each logical entry is stored)."""
         block_size, dim = kv_cache.shape[2], self.head_size
         key = (kv_cache.dtype, block_size, dim, getattr(layer, "isa", None))
-        codes = _LAYOUTS.get(key)
-        if codes is None:
+        layout = _LAYOUTS.get(key)
+        if layout is None:
             probe = torch.zeros(1, 1, block_size, 2 * dim, dtype=kv_cache.dtype)
             tokens = torch.arange(block_size).view(-1, 1, 1).expand(-1, 1, dim)
             dims = torch.arange(dim).view(1, 1, -1).expand(block_size, 1, -1)
@@ -38,30 +39,29 @@ class PolicyAwareCPUImpl(PolicyAwareImplMixin, CPUAttentionBackendImpl):
                 code = code.to(kv_cache.dtype).contiguous()
                 self.do_kv_cache_update(layer, code, code, probe, torch.arange(block_size))
                 found.append(probe.flatten().long())
-            codes = _LAYOUTS[key] = found[0] * dim + found[1]
-        return codes
+            codes = found[0] * dim + found[1]
+            half = codes.numel() // 2
+            codes[half:] += half  # values follow keys in the logical order
+            layout = _LAYOUTS[key] = (codes, codes.argsort())
+        return layout
 
     def read_blocks(self, layer, kv_cache, blocks, length):
-        codes = self._layout(layer, kv_cache)
-        half = codes.numel() // 2
+        _, inverse = self._layout(layer, kv_cache)
         storage = kv_cache[blocks].flatten(2)  # (n, heads, 2 * block * dim)
-        keys = storage[..., :half][..., codes[:half].argsort()]
-        values = storage[..., half:][..., codes[half:].argsort()]
-        shape = (*storage.shape[:2], -1, self.head_size)
-        return tuple(t.view(shape).transpose(0, 1).flatten(1, 2)[:, :length]
-                     for t in (keys, values))
+        entries = storage[..., inverse].view(*storage.shape[:2], 2, -1, self.head_size)
+        return tuple(entries[:, :, i].transpose(0, 1).flatten(1, 2)[:, :length]
+                     for i in (0, 1))
 
     def write_blocks(self, layer, kv_cache, blocks, keys, values):
-        codes = self._layout(layer, kv_cache)
-        half = codes.numel() // 2
+        codes, _ = self._layout(layer, kv_cache)
         heads, block_size = kv_cache.shape[1], kv_cache.shape[2]
 
         def per_block(t):  # (heads, n * block, dim) -> (n, heads, block * dim)
             return t.reshape(heads, len(blocks), block_size * self.head_size).transpose(0, 1)
 
-        storage = torch.cat([per_block(keys)[..., codes[:half]],
-                             per_block(values)[..., codes[half:]]], dim=-1)
-        kv_cache[blocks] = storage.to(kv_cache.dtype).view(kv_cache[blocks].shape)
+        logical = torch.cat([per_block(keys), per_block(values)], dim=-1)
+        kv_cache[blocks] = logical[..., codes].to(kv_cache.dtype).view(
+            len(blocks), *kv_cache.shape[1:])
 
 
 class PolicyAwareCPUBuilder(PolicyAwareBuilderMixin, CPUAttentionMetadataBuilder):
