@@ -72,7 +72,10 @@ def usage_while_streaming(server, auth, payload: dict) -> float:
 
 
 def test_compressed_request_gives_blocks_back(server, auth, needle_prompts):
+    from tests.test_limits_http import wait_engine_idle
+
     full, compressed = needle_prompts[0], needle_prompts[1]
+    wait_engine_idle(server, auth, timeout=120)  # usage then counts these requests only
     freed_before = metric_value(metrics(server, auth), "longserve_kv_blocks_freed_total",
                                 policy="snapkv")
     long_run = {"max_tokens": 64, "ignore_eos": True}
