@@ -32,6 +32,15 @@ def wait_engine_idle(server, auth, timeout: float) -> float:
     raise AssertionError(f"engine still busy after {timeout}s")
 
 
+def wait_disconnects(server, auth, stream: bool, expected: float, timeout: float = 10) -> float:
+    """The disconnect count once it reaches `expected` (it is counted when the route's
+    stream closes, which may come a moment after the engine has dropped the request)."""
+    deadline = time.monotonic() + timeout
+    while (count := disconnects(server, auth, stream)) < expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return count
+
+
 def disconnects(server, auth, stream: bool) -> float:
     # vLLM counts no aborted request in its metrics; longserve counts client disconnects
     return metric_value(metrics_text(server, auth), "longserve_client_disconnects_total",
@@ -68,7 +77,7 @@ def test_streaming_disconnect_aborts_in_engine(server, auth):
         assert [next(lines) for _ in range(6)]  # tokens are flowing
     # 1500 tokens would take over a minute; an abort frees the engine in moments
     assert wait_engine_idle(server, auth, timeout=15) < 15
-    assert disconnects(server, auth, stream=True) == before + 1
+    assert wait_disconnects(server, auth, True, before + 1) == before + 1
 
 
 def test_non_streaming_disconnect_aborts_in_engine(server, auth):
@@ -76,4 +85,4 @@ def test_non_streaming_disconnect_aborts_in_engine(server, auth):
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.url + "/v1/chat/completions", headers=auth, json=LONG, timeout=3)
     assert wait_engine_idle(server, auth, timeout=15) < 15
-    assert disconnects(server, auth, stream=False) == before + 1
+    assert wait_disconnects(server, auth, False, before + 1) == before + 1
