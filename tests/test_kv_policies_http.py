@@ -1,5 +1,6 @@
 """KV policies on the real engine: blocks really go back to vLLM, and nothing else changes
-(requests under `full` beside compressed ones, prefix-cache hits after them, aborts)."""
+(prefix-cache hits after compressed requests, aborts, shared prefixes). Requests under
+`full` batched with compressed ones: tests/test_kv_policies_batch.py."""
 
 from __future__ import annotations
 
@@ -60,15 +61,17 @@ def run(server, auth, *payloads) -> list[list[int]]:
 
 
 def usage_while_streaming(server, auth, payload: dict) -> float:
+    """The highest KV usage vLLM reports while the request decodes. Sampled after every
+    streamed token once decoding is under way (the prefill, and the policy, ran): a single
+    sample can read the gauge of a later step than the token it follows (a busy server
+    forwards tokens behind the engine), and the gauge is 0 once the request is done."""
+    samples = []
     with httpx.stream("POST", server.url + "/v1/chat/completions", headers=auth,
                       json={**payload, "stream": True}, timeout=120) as resp:
-        lines = resp.iter_lines()
-        for _ in range(8):  # decoding is under way: the prefill (and policy) ran
-            next(lines)
-        usage = kv_usage(server, auth)
-        for _ in lines:
-            pass
-    return usage
+        for index, _ in enumerate(resp.iter_lines()):
+            if index >= 8:
+                samples.append(kv_usage(server, auth))
+    return max(samples)
 
 
 def test_compressed_request_gives_blocks_back(server, auth, needle_prompts):
@@ -98,21 +101,6 @@ def test_budget_one_is_token_identical_to_full(server, auth, needle_prompts):
     assert same == full
 
 
-def test_full_requests_unchanged_beside_compressed_ones(server, auth, needle_prompts):
-    """Two `full` requests batched with two compressed ones return exactly their solo
-    tokens. Outputs are kept short: on CPU, vLLM's greedy outputs in a batch drift from
-    the solo run after ~30 tokens even with no policy (the batch's shape changes the
-    numerics, and over HTTP the batch's step-by-step shape is not repeatable)."""
-    a, b, c, d = needle_prompts[3:7]
-    solo = [run(server, auth, body(s, salt=uuid.uuid4().hex))[0] for s in (a, c)]
-    for policy_b, policy_d in (("snapkv", "kvmerger"), ("h2o", "d2o")):
-        mixed = run(server, auth, *(
-            body(s, p and {"name": p, "budget": 0.3}, salt=uuid.uuid4().hex)
-            for s, p in ((a, None), (b, policy_b), (c, None), (d, policy_d))))
-        assert [mixed[0], mixed[2]] == solo, (policy_b, policy_d)
-        assert mixed[1] and mixed[3]
-
-
 def test_prefix_cache_hit_after_compressed_request_is_exact(server, auth, needle_prompts):
     sample = needle_prompts[7]
     # Reference: the same prompt, with its prefix cached by a request under `full`.
@@ -132,9 +120,12 @@ def test_abort_of_compressed_request_frees_everything(server, auth, needle_promp
                    ignore_eos=True, salt=uuid.uuid4().hex, stream=True)
     with httpx.stream("POST", server.url + "/v1/chat/completions", headers=auth,
                       json=payload, timeout=60) as resp:
-        lines = resp.iter_lines()
-        assert [next(lines) for _ in range(6)]
-        assert kv_usage(server, auth) > 0
+        usage = 0.0
+        for index, _ in zip(range(200), resp.iter_lines()):  # decoding is under way
+            usage = kv_usage(server, auth) if index >= 6 else 0.0
+            if usage > 0:
+                break
+        assert usage > 0
     for _ in range(100):
         if kv_usage(server, auth) == 0:
             break
