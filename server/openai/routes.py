@@ -11,6 +11,7 @@ import asyncio
 import json
 from collections.abc import AsyncGenerator
 
+import anyio
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import JSONResponse, StreamingResponse
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
@@ -72,6 +73,20 @@ async def _stream(events: AsyncGenerator[str, None], ticket, applied: dict):
         await events.aclose()
 
 
+class _ClosingStreamingResponse(StreamingResponse):
+    """Closes its body when the response ends for any reason. Starlette cancels the
+    sending task when the client disconnects; if that lands while it waits in `send`
+    rather than on the next event, the body generator is left suspended and its cleanup
+    (engine abort, ticket, disconnect count) would wait for the garbage collector."""
+
+    async def stream_response(self, send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()
+
+
 async def _serve(raw_request: Request, request: LongserveFields, endpoint: str, create):
     state = raw_request.app.state
     serving = serving_or_503(state)
@@ -95,7 +110,8 @@ async def _serve(raw_request: Request, request: LongserveFields, endpoint: str, 
         context_strategy=applied["context_strategy"],
     ).inc()
     if isinstance(result, AsyncGenerator):
-        return StreamingResponse(_stream(result, ticket, applied), media_type="text/event-stream")
+        return _ClosingStreamingResponse(_stream(result, ticket, applied),
+                                         media_type="text/event-stream")
     ticket.release()
     return JSONResponse({**result.model_dump(), "longserve": applied})
 
