@@ -129,6 +129,7 @@ class KVPolicy:
     default_budget: ClassVar[float] = 0.5
     window: ClassVar[int] = 1  # queries of the last step the policy looks at
     accumulates: ClassVar[bool] = False  # needs attention summed over every query
+    packs: ClassVar[bool] = False  # keeps every entry, quantized into a byte stream
 
     def __init__(self, config: KVPolicyConfig) -> None:
         self.config = config

@@ -10,6 +10,10 @@ Every front block and every in-place block but the last is full, so the live ent
 form one contiguous physical sequence: attention reads `front + table[tail_start:]`
 with `seq_len - (tail_start - k) * block_size` entries, while new tokens keep their
 logical positions (RoPE) and slots (vLLM's own slot mapping lands in the in-place part).
+
+A packing policy (KIVI) has the same layout, but its front after the `pinned` shared
+prefix blocks holds `packed_groups` quantized groups of entries as one byte stream per KV
+head (`cache_policies.compress.kivi`); the kernel never reads those blocks as entries.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ ATTRIBUTE = "longserve_kv"
 class Compaction:
     """Run the policy on this step's last queries and write the survivors of `sources`
     (full blocks, in order) into `targets` (fresh blocks); `tail` (holding `tail_tokens`
-    entries, the newest) stays where it is."""
+    entries, the newest) stays where it is. A packing policy appends the packed
+    `sources` to its byte stream, which `targets` extend."""
 
     sources: tuple[int, ...]
     tail: int
@@ -39,6 +44,8 @@ class PolicyStep:
     front: tuple[int, ...] = ()  # the layout this step's attention reads (before any
     tail_start: int = 0          # compaction in this same step)
     compaction: Compaction | None = None
+    pinned: int = 0  # leading front blocks shared with other requests, kept as they are
+    packed_groups: int = 0  # packing policies: groups in the stream (before `compaction`)
 
     @property
     def dead_blocks(self) -> int:

@@ -15,6 +15,9 @@ KV_POLICIES: dict[str, str] = {
     "chunkkv": "cache_policies.evict.chunkkv:ChunkKV",
     "kvmerger": "cache_policies.merge.kvmerger:KVMerger",
     "d2o": "cache_policies.merge.d2o:D2O",
+    "kivi8": "cache_policies.compress.kivi:KIVI8",
+    "kivi4": "cache_policies.compress.kivi:KIVI4",
+    "kivi2": "cache_policies.compress.kivi:KIVI2",
 }
 
 # The engine-side glue: vLLM's scheduler and worker classes with KV policies built in.

@@ -15,10 +15,15 @@ is left shared and out of the policy's reach: a private compressed copy would co
 memory than the shared original (BENCHMARKS.md, capacity). Blocks written
 after a compaction hold KV computed under compressed attention and are never registered.
 Preemption frees everything and recomputes from tokens; the policy then runs again.
+
+Packing policies (KIVI) keep every entry: at the same moments, the full blocks behind the
+one being written are quantized into the request's byte stream (`plan.py`), which takes
+fresh blocks only as it grows, and the full-precision blocks go back to the pool.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -46,9 +51,11 @@ class _Request:
     tail_start: int = 0
     prefilled: bool = False
     pinned: int = 0  # leading blocks shared with other requests, kept as they are
+    packed_groups: int = 0  # packing policies: groups of entries in the byte stream
 
     def step(self) -> PolicyStep:
-        return PolicyStep(self.config, tuple(b.block_id for b in self.front), self.tail_start)
+        return PolicyStep(self.config, tuple(b.block_id for b in self.front), self.tail_start,
+                          pinned=self.pinned, packed_groups=self.packed_groups)
 
 
 def request_policy(request) -> KVPolicyConfig | None:
@@ -71,6 +78,12 @@ class PolicyScheduler(Scheduler):
             logger.warning("KV policies need one full-attention KV cache group; this model "
                            "has %s: requests run with the full cache", managers)
         self._policies: dict[str, _Request] = {}
+        self._head_block_bytes = 0  # bytes of one KV head in one block (packing policies)
+        if self._manager is not None:
+            spec = self.kv_cache_config.kv_cache_groups[0].kv_cache_spec
+            self._head_block_bytes = (spec.block_size * (spec.head_size + spec.head_size_v)
+                                      * spec.dtype.itemsize)
+            self._head_size = spec.head_size
         self._recompress_every = int(os.environ.get(RECOMPRESS_ENV, DEFAULT_RECOMPRESS_EVERY))
         self._stats = PolicyStats()
 
@@ -86,8 +99,9 @@ class PolicyScheduler(Scheduler):
             cls = policy_class(config.name)
             if cls.accumulates:  # it needs the attention of every prompt query
                 request.skip_reading_prefix_cache = True
-            self._policies[request.request_id] = _Request(
-                config, config.budget_tokens(request.num_prompt_tokens, cls.default_budget))
+            budget = (0 if cls.packs else
+                      config.budget_tokens(request.num_prompt_tokens, cls.default_budget))
+            self._policies[request.request_id] = _Request(config, budget)
             self._stats.add(config.name, requests=1)
         super().add_request(request)
 
@@ -96,6 +110,7 @@ class PolicyScheduler(Scheduler):
         state = self._policies.get(request.request_id)
         if state is not None:  # blocks are gone; the recompute runs the policy again
             state.front, state.tail_start, state.prefilled, state.pinned = [], 0, False, 0
+            state.packed_groups = 0
 
     def _free_request(self, request, *args, **kwargs):
         self._policies.pop(request.request_id, None)
@@ -112,7 +127,7 @@ class PolicyScheduler(Scheduler):
                 continue
             step = state.step()  # this step's attention reads the layout as it was
             compaction = self._plan(self.requests[req_id], state)
-            steps[req_id] = PolicyStep(step.policy, step.front, step.tail_start, compaction)
+            steps[req_id] = dataclasses.replace(step, compaction=compaction)
         setattr(output, ATTRIBUTE, steps)
         return output
 
@@ -130,6 +145,8 @@ class PolicyScheduler(Scheduler):
         last = (length - 1) // bs
         if not state.front:  # first compaction: a prefix other requests hold stays shared
             state.pinned = next((i for i, b in enumerate(blocks[:last]) if b.ref_cnt < 2), last)
+        if policy_class(state.config.name).packs:
+            return self._plan_packing(request, state, blocks, last, length)
         pinned = state.pinned
         region = (state.front or blocks[:pinned])[pinned:] + blocks[state.tail_start or pinned:last]
         tail_tokens = length - last * bs
@@ -149,6 +166,35 @@ class PolicyScheduler(Scheduler):
         state.front, state.tail_start = blocks[:pinned + keep], last
         self._stats.add(state.config.name, compactions=1, tokens_before=live,
                         tokens_kept=(pinned + keep) * bs + tail_tokens,
-                        blocks_freed=len(region) - keep)
+                        blocks_before=len(region), blocks_freed=len(region) - keep)
         return Compaction(tuple(b.block_id for b in region), blocks[last].block_id,
                           tail_tokens, tuple(b.block_id for b in targets))
+
+    def _plan_packing(self, request, state: _Request, blocks, last: int,
+                      length: int) -> Compaction | None:
+        """Quantize the full in-place blocks before `last` into the byte stream."""
+        bs, pinned = self._manager.block_size, state.pinned
+        start = state.tail_start or pinned
+        sources = blocks[start:last]
+        packed = list(state.front[pinned:])
+        fmt = policy_class(state.config.name).format(self._head_size, bs)
+        groups = state.packed_groups + len(sources)
+        need = fmt.blocks_for(groups, self._head_block_bytes) - len(packed)
+        if not sources or need >= len(sources):
+            return None
+        pool = self._manager.block_pool
+        if pool.get_num_free_blocks() < need:
+            self._stats.add(state.config.name, skipped=1)
+            return None
+        targets = pool.get_new_blocks(need) if need > 0 else []
+        packed += targets
+        blocks[pinned:pinned + len(packed)] = packed
+        blocks[pinned + len(packed):last] = [pool.null_block] * (last - pinned - len(packed))
+        pool.free_blocks(reversed(sources))
+        self._manager.num_cached_block[request.request_id] = sys.maxsize
+        state.front, state.tail_start, state.packed_groups = blocks[:pinned + len(packed)], last, groups
+        tokens = len(sources) * bs
+        self._stats.add(state.config.name, compactions=1, tokens_before=tokens, tokens_kept=tokens,
+                        blocks_before=len(sources), blocks_freed=len(sources) - need)
+        return Compaction(tuple(b.block_id for b in sources), blocks[last].block_id,
+                          length - last * bs, tuple(b.block_id for b in targets))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 ENV = "LONGSERVE_KV_STATS_FILE"
 FIELDS = ("requests", "compactions", "skipped", "tokens_before", "tokens_kept",
-          "blocks_freed")
+          "blocks_before", "blocks_freed")
 
 
 class PolicyStats:

@@ -37,6 +37,7 @@ class KVPolicyCollector:
         "skipped": "compactions skipped for want of free blocks for the survivors",
         "tokens_before": "live KV entries (tokens) before each compaction",
         "tokens_kept": "KV entries (tokens) kept by each compaction",
+        "blocks_before": "KV cache blocks each compaction worked on",
         "blocks_freed": "KV cache blocks given back to vLLM's block pool",
     }
 
@@ -67,6 +68,14 @@ class KVPolicyCollector:
             if row.get("tokens_before"):
                 ratio.add_metric([policy], row["tokens_kept"] / row["tokens_before"])
         yield ratio
+        memory = GaugeMetricFamily(
+            "longserve_kv_memory_ratio",
+            "KV blocks held after / before, over every compaction so far (quantizing "
+            "policies keep every entry in fewer blocks)", labels=["policy"])
+        for policy, row in sorted(rows.items()):
+            if row.get("blocks_before"):
+                memory.add_metric([policy], 1 - row["blocks_freed"] / row["blocks_before"])
+        yield memory
 
     def describe(self):
         return []

@@ -30,7 +30,7 @@ class PolicyAwareImplMixin:
         value: torch.Tensor,  # (tokens, kv_heads, head_dim)
         kv_cache: torch.Tensor,  # platform layout, e.g. CPU (blocks, kv_heads, block, 2*head_dim)
         attn_metadata,
-        output: torch.Tensor,  # (tokens, heads * head_dim)
+        output: torch.Tensor,  # (tokens, heads, head_dim)
         output_scale: torch.Tensor | None = None,
         output_block_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -41,7 +41,7 @@ class PolicyAwareImplMixin:
             output_scale, output_block_scale,
         )
         if attn_metadata is not None and RUNTIME.rows:
-            RUNTIME.after_attention(self, layer, query, kv_cache, attn_metadata)
+            RUNTIME.after_attention(self, layer, query, kv_cache, attn_metadata, output)
         return result
 
     def read_blocks(self, layer, kv_cache: torch.Tensor, blocks: torch.Tensor,
@@ -53,6 +53,16 @@ class PolicyAwareImplMixin:
     def write_blocks(self, layer, kv_cache: torch.Tensor, blocks: torch.Tensor,
                      keys: torch.Tensor, values: torch.Tensor) -> None:
         """Fill `blocks` (in order) with keys/values (kv_heads, len(blocks)*block, head_dim)."""
+        raise NotImplementedError
+
+    def read_stream(self, layer, kv_cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        """The raw bytes `blocks` hold, one stream per KV head: (kv_heads, n * bytes) uint8,
+        each block contributing the same number of bytes per head."""
+        raise NotImplementedError
+
+    def write_stream(self, layer, kv_cache: torch.Tensor, blocks: torch.Tensor,
+                     stream: torch.Tensor) -> None:
+        """The inverse of `read_stream`."""
         raise NotImplementedError
 
 

@@ -64,6 +64,16 @@ class PolicyAwareCPUImpl(PolicyAwareImplMixin, CPUAttentionBackendImpl):
             len(blocks), *kv_cache.shape[1:])
 
 
+    def read_stream(self, layer, kv_cache, blocks):
+        raw = kv_cache[blocks].view(torch.uint8)  # (n, heads, block, bytes per entry)
+        return raw.transpose(0, 1).reshape(raw.shape[1], -1)
+
+    def write_stream(self, layer, kv_cache, blocks, stream):
+        n, (heads, *entry) = len(blocks), kv_cache.shape[1:]
+        raw = stream.view(heads, n, -1).transpose(0, 1).contiguous()
+        kv_cache[blocks] = raw.view(kv_cache.dtype).view(n, heads, *entry)
+
+
 class PolicyAwareCPUBuilder(PolicyAwareBuilderMixin, CPUAttentionMetadataBuilder):
     pass
 

@@ -1,0 +1,1 @@
+"""Compression policies: every entry kept, stored in fewer bytes."""

@@ -1,0 +1,144 @@
+"""KIVI: the KV cache quantized to 8, 4 or 2 bits, keys per channel and values per token
+(Liu et al., 2024), packed into vLLM's own blocks so that the memory really goes back.
+
+Quantization is asymmetric (scale and minimum, both stored as fp16) in groups of
+`GROUP` tokens, the size of one vLLM block on CPU:
+  keys:   per channel over the group's tokens (the outlier channels of keys keep their
+          own range, which is why KIVI quantizes keys this way),
+  values: per token over its channels.
+The newest entries stay in full precision in vLLM's layout until a whole group of them
+is older than the block being written (KIVI's residual window).
+
+One group of one KV head packs into `group_bytes` bytes: key codes, value codes, key
+scale/min per channel, value scale/min per token. The groups of a request form one byte
+stream per KV head, laid over its packed blocks (a packed block holds the same number of
+bytes per head as a full-precision block holds entries' worth of bf16), so at 4 bits a
+block of 128 full-precision entries becomes 3.66 groups' worth of packed space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from cache_policies.base import KVPolicy
+
+GROUP = 128
+_SCALE_DTYPE = torch.float16
+
+
+@dataclass(frozen=True)
+class PackedFormat:
+    bits: int
+    head_dim: int
+    group: int = GROUP
+
+    @property
+    def code_bytes(self) -> int:  # one of keys or values, one group of one head
+        return self.group * self.head_dim * self.bits // 8
+
+    @property
+    def group_bytes(self) -> int:
+        scale = torch.finfo(_SCALE_DTYPE).bits // 8
+        return 2 * self.code_bytes + 2 * scale * (self.head_dim + self.group)
+
+    def bits_per_entry(self) -> float:
+        """Stored bits per key or value element, scales included."""
+        return 8 * self.group_bytes / (2 * self.group * self.head_dim)
+
+    def blocks_for(self, groups: int, block_bytes: int) -> int:
+        """Packed blocks holding `groups` groups, `block_bytes` bytes per head per block."""
+        return -(-groups * self.group_bytes // block_bytes)
+
+
+def quantize(x: torch.Tensor, bits: int, dim: int):
+    """Asymmetric quantization along `dim`: (codes uint8, scale, minimum), the last two
+    fp16 with `dim` kept as size 1; x == codes * scale + minimum up to scale / 2."""
+    top = 2**bits - 1
+    minimum = x.amin(dim, keepdim=True).to(_SCALE_DTYPE)
+    scale = ((x.amax(dim, keepdim=True) - minimum.float()) / top).to(_SCALE_DTYPE)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # constant runs
+    codes = ((x.float() - minimum.float()) / scale.float()).round_().clamp_(0, top)
+    return codes.to(torch.uint8), scale, minimum
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
+    return codes.float() * scale.float() + minimum.float()
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """(..., n) codes < 2**bits -> (..., n * bits / 8) bytes, first code in the low bits."""
+    per_byte = 8 // bits
+    grouped = codes.view(*codes.shape[:-1], -1, per_byte).to(torch.int32)
+    shifts = torch.arange(per_byte, dtype=torch.int32) * bits
+    return (grouped << shifts).sum(-1).to(torch.uint8)
+
+
+def unpack_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    per_byte = 8 // bits
+    shifts = torch.arange(per_byte, dtype=torch.int32) * bits
+    codes = (packed.to(torch.int32).unsqueeze(-1) >> shifts) & (2**bits - 1)
+    return codes.flatten(-2).to(torch.uint8)
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.uint8).flatten(-2)
+
+
+def pack_groups(keys: torch.Tensor, values: torch.Tensor, fmt: PackedFormat) -> torch.Tensor:
+    """keys, values (heads, groups * group, head_dim) -> (heads, groups, group_bytes)."""
+    heads, length, dim = keys.shape
+    groups = length // fmt.group
+    k = keys.reshape(heads, groups, fmt.group, dim)
+    v = values.reshape(heads, groups, fmt.group, dim)
+    k_codes, k_scale, k_min = quantize(k, fmt.bits, dim=2)  # per channel: over tokens
+    v_codes, v_scale, v_min = quantize(v, fmt.bits, dim=3)  # per token: over channels
+    parts = [pack_codes(k_codes.flatten(-2), fmt.bits), pack_codes(v_codes.flatten(-2), fmt.bits),
+             _bytes(k_scale), _bytes(k_min), _bytes(v_scale), _bytes(v_min)]
+    return torch.cat(parts, dim=-1)
+
+
+def unpack_groups(packed: torch.Tensor, fmt: PackedFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """(heads, groups, group_bytes) -> keys, values (heads, groups * group, head_dim), fp32."""
+    heads, groups, _ = packed.shape
+    g, dim, code = fmt.group, fmt.head_dim, fmt.code_bytes
+    sizes = [code, code] + [torch.finfo(_SCALE_DTYPE).bits // 8 * n for n in (dim, dim, g, g)]
+    k_codes, v_codes, k_scale, k_min, v_scale, v_min = packed.split(sizes, dim=-1)
+
+    def floats(b, shape):
+        return b.contiguous().view(_SCALE_DTYPE).view(heads, groups, *shape)
+
+    keys = dequantize(unpack_codes(k_codes, fmt.bits).view(heads, groups, g, dim),
+                      floats(k_scale, (1, dim)), floats(k_min, (1, dim)))
+    values = dequantize(unpack_codes(v_codes, fmt.bits).view(heads, groups, g, dim),
+                        floats(v_scale, (g, 1)), floats(v_min, (g, 1)))
+    return keys.view(heads, -1, dim), values.view(heads, -1, dim)
+
+
+class KIVI(KVPolicy):
+    """Keeps every entry, quantized. Subclasses fix the bit width."""
+
+    takes_budget = False
+    packs: ClassVar[bool] = True
+    bits: ClassVar[int]
+
+    @classmethod
+    def format(cls, head_dim: int, group: int = GROUP) -> PackedFormat:
+        return PackedFormat(cls.bits, head_dim, group)
+
+
+class KIVI8(KIVI):
+    name = "kivi8"
+    bits = 8
+
+
+class KIVI4(KIVI):
+    name = "kivi4"
+    bits = 4
+
+
+class KIVI2(KIVI):
+    name = "kivi2"
+    bits = 2
