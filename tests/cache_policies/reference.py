@@ -155,3 +155,27 @@ def d2o(x):
             new_v.append((math.e * values[k] + sum(w * values[p] for w, (p, _) in zip(weights, merged))) / norm)
         out.append((kept, torch.stack(new_k), torch.stack(new_v)))
     return out
+
+
+def kivi_roundtrip(keys: torch.Tensor, values: torch.Tensor, bits: int, group: int):
+    """KIVI's rule, one element at a time: keys per channel over each group of tokens,
+    values per token over its channels; asymmetric min/max with fp16 scale and minimum.
+    keys, values (kv_heads, n * group, head_dim) -> what dequantization gives back."""
+    levels = 2**bits - 1
+
+    def roundtrip(xs: list[float]) -> list[float]:
+        low = torch.tensor(min(xs), dtype=torch.float16).item()
+        scale = torch.tensor((max(xs) - low) / levels, dtype=torch.float16).item() or 1.0
+        return [min(max(round((x - low) / scale), 0), levels) * scale + low for x in xs]
+
+    heads, length, dim = keys.shape
+    k_out, v_out = torch.zeros(heads, length, dim), torch.zeros(heads, length, dim)
+    for h in range(heads):
+        for start in range(0, length, group):
+            for d in range(dim):  # keys: one channel of the group at a time
+                column = [float(keys[h, t, d]) for t in range(start, start + group)]
+                for t, x in zip(range(start, start + group), roundtrip(column)):
+                    k_out[h, t, d] = x
+        for t in range(length):  # values: one token at a time
+            v_out[h, t] = torch.tensor(roundtrip([float(v) for v in values[h, t]]))
+    return k_out, v_out

@@ -1,0 +1,72 @@
+"""KIVI quantization against the loop reference, and the packed byte format."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cache_policies.compress.kivi import (
+    PackedFormat, pack_codes, pack_groups, unpack_codes, unpack_groups,
+)
+from cache_policies.registry import make_config
+from tests.cache_policies.reference import kivi_roundtrip
+
+
+def kv(seed: int, heads=2, groups=2, group=16, dim=8):
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randn(heads, groups * group, dim, generator=g)
+    keys[:, :, 3] *= 25  # an outlier channel, as real keys have
+    values = torch.randn(heads, groups * group, dim, generator=g)
+    values[:, 5] = 0.5  # a constant token: zero range
+    return keys, values
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pack_unpack_equals_the_paper_rule(bits, seed):
+    keys, values = kv(seed)
+    fmt = PackedFormat(bits, head_dim=8, group=16)
+    packed = pack_groups(keys, values, fmt)
+    assert packed.dtype == torch.uint8 and packed.shape == (2, 2, fmt.group_bytes)
+    got_k, got_v = unpack_groups(packed, fmt)
+    ref_k, ref_v = kivi_roundtrip(keys, values, bits, 16)
+    torch.testing.assert_close(got_k, ref_k, rtol=0, atol=1e-3)
+    torch.testing.assert_close(got_v, ref_v, rtol=0, atol=1e-3)
+
+
+def test_error_shrinks_with_bits_and_keys_keep_their_outlier_channel():
+    keys, values = kv(3)
+    errors = []
+    for bits in (2, 4, 8):
+        k, v = unpack_groups(pack_groups(keys, values, PackedFormat(bits, 8, 16)),
+                             PackedFormat(bits, 8, 16))
+        errors.append(((k - keys).abs().mean(), (v - values).abs().mean()))
+        # per channel: an ordinary channel's error follows its own range, not the outlier's
+        ordinary = (k - keys)[:, :, 0].abs().max()
+        assert ordinary <= (keys[:, :, 0].max() - keys[:, :, 0].min()) / (2**bits - 1)
+    assert errors[0][0] > errors[1][0] > errors[2][0]
+    assert errors[0][1] > errors[1][1] > errors[2][1]
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_codes_pack_losslessly(bits):
+    codes = torch.randint(0, 2**bits, (3, 64), dtype=torch.uint8)
+    packed = pack_codes(codes, bits)
+    assert packed.shape == (3, 64 * bits // 8)
+    assert torch.equal(unpack_codes(packed, bits), codes)
+
+
+def test_bytes_per_entry_and_blocks_needed():
+    fmt = PackedFormat(4, head_dim=64, group=128)  # SmolLM2's heads, vLLM's CPU blocks
+    assert fmt.group_bytes == 2 * 128 * 64 // 2 + 2 * 2 * (64 + 128)
+    assert fmt.bits_per_entry() == pytest.approx(4.375)
+    block = 128 * 2 * 64 * 2  # one bf16 block, one head: keys and values
+    assert fmt.blocks_for(12, block) == 4  # 12 groups = 12 full-precision blocks
+    assert PackedFormat(8, 64).blocks_for(12, block) == 7
+    assert PackedFormat(2, 64).blocks_for(12, block) == 2
+
+
+def test_kivi_takes_no_budget():
+    make_config("kivi4")
+    with pytest.raises(ValueError, match="takes no budget"):
+        make_config("kivi4", 0.5)
