@@ -130,6 +130,7 @@ class KVPolicy:
     window: ClassVar[int] = 1  # queries of the last step the policy looks at
     accumulates: ClassVar[bool] = False  # needs attention summed over every query
     packs: ClassVar[bool] = False  # keeps every entry, quantized into a byte stream
+    retrieves: ClassVar[bool] = False  # keeps every entry, attends to a selection
 
     def __init__(self, config: KVPolicyConfig) -> None:
         self.config = config

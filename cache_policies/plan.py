@@ -14,6 +14,8 @@ logical positions (RoPE) and slots (vLLM's own slot mapping lands in the in-plac
 A packing policy (KIVI) has the same layout, but its front after the `pinned` shared
 prefix blocks holds `packed_groups` quantized groups of entries as one byte stream per KV
 head (`cache_policies.compress.kivi`); the kernel never reads those blocks as entries.
+A retrieval policy with the offload tier keeps its sink (and pinned) blocks as the front;
+logical blocks len(front) .. tail_start - 1 live in the tier (`cache_policies.offload`).
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ class Compaction:
     """Run the policy on this step's last queries and write the survivors of `sources`
     (full blocks, in order) into `targets` (fresh blocks); `tail` (holding `tail_tokens`
     entries, the newest) stays where it is. A packing policy appends the packed
-    `sources` to its byte stream, which `targets` extend."""
+    `sources` to its byte stream, which `targets` extend. A retrieval policy with the
+    offload tier moves `sources`, logical blocks `start`.., out to the tier (no targets)."""
 
     sources: tuple[int, ...]
     tail: int
     tail_tokens: int
     targets: tuple[int, ...]
+    start: int = 0
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ KV_POLICIES: dict[str, str] = {
     "kivi8": "cache_policies.compress.kivi:KIVI8",
     "kivi4": "cache_policies.compress.kivi:KIVI4",
     "kivi2": "cache_policies.compress.kivi:KIVI2",
+    "quest": "cache_policies.retrieve.quest:Quest",
+    "actqkv": "cache_policies.retrieve.actqkv:ActQKV",
 }
 
 # The engine-side glue: vLLM's scheduler and worker classes with KV policies built in.

@@ -11,6 +11,9 @@ module never depends on one platform's layout.
 A request under a packing policy (KIVI) attends here rather than in the kernel once it
 holds packed entries: the kernel is shown only its in-place blocks and its output rows
 for that request are replaced by attention over the dequantized stream plus those blocks.
+A request under a retrieval policy (Quest, ActQKV) attends here in its decode steps, over
+the blocks the policy selects for each KV head; the kernel is shown only the block being
+written. Its prefill runs in the kernel, over everything.
 """
 
 from __future__ import annotations
@@ -20,13 +23,17 @@ from dataclasses import dataclass
 
 import torch
 
+from cache_policies import offload
 from cache_policies.base import KVPolicy, PolicyInputs, attention_probs
 from cache_policies.compress.kivi import pack_groups, unpack_groups
+from cache_policies.retrieve.quest import block_summaries
+from cache_policies.stats import RetrievalStats
 from cache_policies.plan import ATTRIBUTE, PolicyStep
 from cache_policies.registry import make_policy
 
 
 ACCUMULATE_CHUNK = 256  # queries per softmax, bounding its memory
+OFFLOADED = -1  # a logical block held by the offload tier, in a retrieval row's block list
 
 
 @dataclass
@@ -37,6 +44,9 @@ class _Row:
     policy: KVPolicy
     live: torch.Tensor  # physical block ids, in order, as the kernel reads them
     length: int  # physical entries the kernel reads after this step
+    blocks: torch.Tensor | None = None  # retrieval: every logical block (OFFLOADED: tier)
+    total: int = 0  # retrieval: every entry, this step's included
+    retrieving: bool = True  # retrieval: this step attends here, to selected blocks
 
 
 class PolicyRuntime:
@@ -47,6 +57,10 @@ class PolicyRuntime:
         self.block_size = 0
         self.accumulated: dict[tuple[str, str], torch.Tensor] = {}  # (req, layer) -> (H, P)
         self.streams: dict[str, tuple[int, ...]] = {}  # req -> blocks holding its packed KV
+        self.summaries: dict[tuple[str, str], torch.Tensor] = {}  # (req, layer) -> (n, H, 2, D)
+        self.recent: dict[tuple[str, str], torch.Tensor] = {}  # (req, layer) -> (heads, W, D)
+        self.retrieval = RetrievalStats()
+        self._store = None  # the offload tier, made on first use (in the worker process)
         self._policies: dict = {}
 
     def begin_step(self, scheduler_output, runner) -> None:
@@ -57,7 +71,12 @@ class PolicyRuntime:
         resumed = set(getattr(scheduler_output.scheduled_cached_reqs, "resumed_req_ids", ()) or ())
         if gone or resumed:
             drop = gone | resumed
-            self.accumulated = {k: v for k, v in self.accumulated.items() if k[0] not in drop}
+            for table in (self.accumulated, self.summaries, self.recent):
+                for key in [k for k in table if k[0] in drop]:
+                    del table[key]
+        if self._store is not None:
+            for req in gone:
+                self._store.drop(req)
         released = [b for req in gone if req in self.streams for b in self.streams.pop(req)]
         if released:
             self._clear(torch.tensor(released, dtype=torch.long))
@@ -72,6 +91,7 @@ class PolicyRuntime:
 
     def end_step(self) -> None:
         self.steps, self.rows = {}, []
+        self.retrieval.flush()
 
     def _policy(self, step: PolicyStep) -> KVPolicy:
         policy = self._policies.get(step.policy)
@@ -96,6 +116,23 @@ class PolicyRuntime:
             if step is None:
                 continue
             length = int(seq_lens[row])
+            policy = self._policy(step)
+            if policy.retrieves:
+                blocks = table[row, : (length + block_size - 1) // block_size].clone()
+                if step.tail_start:  # logical blocks front..tail_start-1 are offloaded
+                    blocks[: len(step.front)] = torch.tensor(step.front, dtype=blocks.dtype)
+                    blocks[len(step.front): step.tail_start] = OFFLOADED
+                if self._retrieving(common, row, policy, length, step):
+                    if new_table is None:
+                        new_table, new_lens = table.clone(), seq_lens.clone()
+                    new_table[row, 0] = blocks[-1]  # the kernel sees the block being written
+                    new_lens[row] = length - (len(blocks) - 1) * block_size
+                    self.rows.append(_Row(row, req_id, step, policy, blocks[-1:],
+                                          int(new_lens[row]), blocks, length))
+                else:
+                    self.rows.append(_Row(row, req_id, step, policy, table[row, :0], length,
+                                          blocks, length, retrieving=False))
+                continue
             in_place = table[row, step.tail_start: (length + block_size - 1) // block_size]
             if step.packed_groups or step.compaction and self._policy(step).packs:
                 self.streams[req_id] = self._stream_blocks(step)
@@ -110,10 +147,18 @@ class PolicyRuntime:
                 new_table[row, : live.numel()] = live
                 length -= hidden * block_size
                 new_lens[row] = length
-            self.rows.append(_Row(row, req_id, step, self._policy(step), live, length))
+            self.rows.append(_Row(row, req_id, step, policy, live, length))
         if new_table is None:
             return common
         return dataclasses.replace(common, block_table_tensor=new_table, seq_lens=new_lens)
+
+    def _retrieving(self, common, row: int, policy, length: int, step: PolicyStep) -> bool:
+        """A decode step (one query) of a request with more blocks than its budget, or
+        with blocks in the offload tier (the kernel cannot reach them)."""
+        starts = common.query_start_loc_cpu
+        blocks = (length + self.block_size - 1) // self.block_size
+        return (int(starts[row + 1] - starts[row]) == 1
+                and (policy.limit(blocks, self.block_size) < blocks or step.tail_start > 0))
 
     # --- after each layer's attention -----------------------------------------------
 
@@ -126,6 +171,19 @@ class PolicyRuntime:
         for r in self.rows:
             compaction = r.step.compaction
             q_start, q_end = int(starts[r.row]), int(starts[r.row + 1])
+            if r.policy.retrieves:
+                key = (r.req_id, layer_name)
+                recent = query[q_start:q_end].transpose(0, 1)[:, -r.policy.window:]
+                if r.policy.window > 1 and key in self.recent:
+                    recent = torch.cat([self.recent[key], recent], 1)[:, -r.policy.window:]
+                self.recent[key] = recent.float()
+                if r.retrieving:
+                    rows = output[q_start:q_end]
+                    rows.copy_(self._retrieved_attention(impl, layer, key, r, kv_cache)
+                               .reshape(rows.shape))
+                if compaction is not None:
+                    self._offload(impl, layer, key, r, kv_cache)
+                continue
             if r.policy.packs:
                 if r.step.packed_groups:
                     rows = output[q_start:q_end]
@@ -181,6 +239,63 @@ class PolicyRuntime:
                                 keys.shape[1] - tokens)  # (kv_heads, group, T, P)
         out = torch.einsum("hgtp,hpd->hgtd", probs, values)
         return out.reshape(heads, tokens, dim).transpose(0, 1)
+
+    @property
+    def store(self):
+        if self._store is None:
+            self._store = offload.make_store()
+        return self._store
+
+    def _summaries(self, impl, layer, key, r: _Row, kv_cache, end: int) -> torch.Tensor:
+        """Quest summaries of logical blocks 0..end-1, each made once (a full block never
+        changes) while the block is still in the cache."""
+        summaries = self.summaries.get(key)
+        done = 0 if summaries is None else summaries.shape[0]
+        if done < end:
+            keys, _ = impl.read_blocks(layer, kv_cache, r.blocks[done:end],
+                                       (end - done) * self.block_size)
+            fresh = block_summaries(keys, self.block_size)
+            summaries = fresh if summaries is None else torch.cat([summaries, fresh])
+            self.summaries[key] = summaries
+        return summaries
+
+    def _retrieved_attention(self, impl, layer, key, r: _Row, kv_cache) -> torch.Tensor:
+        """Attention of this decode step's query over the blocks the policy selects per KV
+        head, plus the block being written: (1, heads, dim), fp32. Selected blocks in the
+        offload tier are read from there."""
+        bs = self.block_size
+        full = len(r.blocks) - 1  # full blocks, the candidates
+        summaries = self._summaries(impl, layer, key, r, kv_cache, full)
+        limit = r.policy.limit(full + 1, bs)
+        mask = r.policy.select(self.recent[key], summaries[:full], impl.scale, limit)
+        chosen = mask.any(dim=0).nonzero().flatten()  # union over KV heads
+        away = r.blocks[chosen] == OFFLOADED
+        here, there = chosen[~away], chosen[away]
+        parts = [impl.read_blocks(layer, kv_cache, torch.cat([r.blocks[here], r.blocks[-1:]]),
+                                  len(here) * bs + r.length)]
+        if len(there):
+            raw = self.store.get(r.req_id, key[1], there.tolist())
+            parts.insert(0, impl.read_raw(layer, kv_cache, raw, len(there) * bs))
+        keys = torch.cat([k.float() for k, _ in parts], dim=1)
+        values = torch.cat([v.float() for _, v in parts], dim=1)
+        order = torch.cat([there, here])  # the blocks' order in keys, then the newest
+        query = self.recent[key][:, -1]  # (heads, dim)
+        kv_heads, dim = keys.shape[0], keys.shape[-1]
+        logits = torch.einsum("hgd,hpd->hgp", query.view(kv_heads, -1, dim), keys)
+        hidden = ~mask[:, order].repeat_interleave(bs, dim=1)  # (kv_heads, m * bs)
+        hidden = torch.nn.functional.pad(hidden, (0, r.length)).unsqueeze(1)
+        probs = (logits * impl.scale).masked_fill(hidden, float("-inf")).softmax(-1)
+        out = torch.einsum("hgp,hpd->hgd", probs, values)
+        self.retrieval.add(r.policy.name, attended=int(mask.sum()) + mask.shape[0],
+                           candidates=(full + 1) * mask.shape[0])
+        return out.reshape(1, -1, dim)
+
+    def _offload(self, impl, layer, key, r: _Row, kv_cache) -> None:
+        """Move the compaction's sources to the offload tier, summarized first."""
+        c = r.step.compaction
+        self._summaries(impl, layer, key, r, kv_cache, c.start + len(c.sources))
+        raw = kv_cache[torch.tensor(c.sources, dtype=torch.long)]
+        self.store.put(r.req_id, key[1], c.start, raw)
 
     def _pack(self, impl, layer, r: _Row, kv_cache) -> None:
         """Quantize the compaction's sources and append them to the stream."""

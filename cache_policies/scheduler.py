@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
 
+from cache_policies import offload
 from cache_policies.base import KVPolicyConfig
 from cache_policies.plan import ATTRIBUTE, Compaction, PolicyStep
 from cache_policies.registry import make_config, policy_class
@@ -85,6 +86,7 @@ class PolicyScheduler(Scheduler):
                                       * spec.dtype.itemsize)
             self._head_size = spec.head_size
         self._recompress_every = int(os.environ.get(RECOMPRESS_ENV, DEFAULT_RECOMPRESS_EVERY))
+        self._offload = offload.enabled()
         self._stats = PolicyStats()
 
     # --- request lifecycle ----------------------------------------------------------
@@ -132,6 +134,12 @@ class PolicyScheduler(Scheduler):
         return output
 
     def _plan(self, request, state: _Request) -> Compaction | None:
+        cls = policy_class(state.config.name)
+        if cls.retrieves and not self._offload:  # selects per step; frees nothing
+            if not state.prefilled and request.num_computed_tokens >= request.num_prompt_tokens:
+                state.prefilled = True  # generated KV comes from selected blocks: unregistered
+                self._manager.num_cached_block[request.request_id] = sys.maxsize
+            return None
         bs = self._manager.block_size
         length = request.num_computed_tokens  # entries in the cache once this step ran
         live = length - (state.tail_start - len(state.front)) * bs
@@ -139,14 +147,16 @@ class PolicyScheduler(Scheduler):
             if length < request.num_prompt_tokens:
                 return None
             state.prefilled = True
-        elif live < state.budget + self._recompress_every:
+        elif live < state.budget + self._recompress_every and not cls.retrieves:
             return None
         blocks = self._manager.req_to_blocks[request.request_id]
         last = (length - 1) // bs
         if not state.front:  # first compaction: a prefix other requests hold stays shared
             state.pinned = next((i for i, b in enumerate(blocks[:last]) if b.ref_cnt < 2), last)
-        if policy_class(state.config.name).packs:
+        if cls.packs:
             return self._plan_packing(request, state, blocks, last, length)
+        if cls.retrieves:
+            return self._plan_offload(request, state, blocks, last, length, cls)
         pinned = state.pinned
         region = (state.front or blocks[:pinned])[pinned:] + blocks[state.tail_start or pinned:last]
         tail_tokens = length - last * bs
@@ -169,6 +179,27 @@ class PolicyScheduler(Scheduler):
                         blocks_before=len(region), blocks_freed=len(region) - keep)
         return Compaction(tuple(b.block_id for b in region), blocks[last].block_id,
                           tail_tokens, tuple(b.block_id for b in targets))
+
+    def _plan_offload(self, request, state: _Request, blocks, last: int, length: int,
+                      cls) -> Compaction | None:
+        """Move the full blocks between the sinks (and a pinned prefix) and the recent
+        window out to the offload tier, as each leaves the window."""
+        keep_front = max(state.pinned, cls.sink_blocks)
+        start = state.tail_start or keep_front
+        end = last - cls.recent_blocks
+        if end <= start:
+            return None
+        pool = self._manager.block_pool
+        sources = blocks[start:end]
+        blocks[start:end] = [pool.null_block] * (end - start)
+        pool.free_blocks(reversed(sources))
+        self._manager.num_cached_block[request.request_id] = sys.maxsize
+        state.front, state.tail_start = blocks[:keep_front], end
+        tokens = len(sources) * self._manager.block_size
+        self._stats.add(state.config.name, compactions=1, tokens_before=tokens, tokens_kept=tokens,
+                        blocks_before=len(sources), blocks_freed=len(sources))
+        return Compaction(tuple(b.block_id for b in sources), blocks[last].block_id,
+                          length - last * self._manager.block_size, (), start)
 
     def _plan_packing(self, request, state: _Request, blocks, last: int,
                       length: int) -> Compaction | None:

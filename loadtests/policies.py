@@ -33,10 +33,21 @@ class PolicyRun:
 FULL = PolicyRun("full", None)
 
 
-def parse_runs(policies: str, budgets: str) -> list[PolicyRun]:
-    """`snapkv,h2o` x `0.5,0.35` -> runs; budgets are ratios (with a dot) or token counts."""
-    parsed = [float(b) if "." in b else int(b) for b in budgets.split(",")]
-    return [PolicyRun(p, b) for p in policies.split(",") for b in parsed]
+def parse_runs(policies: str, budgets: str | None) -> list[PolicyRun]:
+    """`snapkv,h2o` x `0.5,0.35` -> runs; budgets are ratios (with a dot) or token counts.
+    A policy that keeps every entry (`kivi4`) runs once, without a budget."""
+    from cache_policies.registry import policy_class
+
+    parsed = [float(b) if "." in b else int(b) for b in budgets.split(",")] if budgets else []
+    runs = []
+    for name in policies.split(","):
+        if not policy_class(name).takes_budget:
+            runs.append(PolicyRun(name, None))
+        elif not parsed:
+            raise ValueError(f"policy {name!r} needs --budgets")
+        else:
+            runs += [PolicyRun(name, b) for b in parsed]
+    return runs
 
 
 async def run_matrix(url: str, model: str, samples: list[Sample], runs: list[PolicyRun], *,

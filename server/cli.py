@@ -41,6 +41,8 @@ def _serve_parser(sub) -> None:
     add("--kv-budget", type=_number, help="default KV budget: ratio in (0,1] or token count")
     add("--kv-recompress-every", type=int, help="run a request's KV policy again once its "
         "KV has grown this many tokens past the budget while generating (default 1024)")
+    add("--kv-offload", help="where retrieval policies (quest, actqkv) move the blocks they "
+        "are not reading out of the KV memory: none, host (default) or redis://HOST:PORT/DB")
     add("--context-strategy", help="default long-context strategy (default: reject)")
     add("--log-level", help="debug, info, warning, error (default info)")
 

@@ -63,16 +63,24 @@ def vllm_namespace(settings: Settings, model: str, name: str, extra: list[str]) 
         if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             logger.warning("VLLM_CPU_KVCACHE_SPACE is set and overrides --kv-cache-memory")
         argv += ["--kv-cache-memory-bytes", str(kv_bytes)]
-    return make_arg_parser(FlexibleArgumentParser()).parse_args(argv + extra)
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv + extra)
+    if settings.kv_policy != "full" and args.kv_cache_dtype not in ("auto", None):
+        raise ValueError(f"--kv-policy {settings.kv_policy} needs the KV cache in the model's "
+                         f"dtype, not --kv-cache-dtype {args.kv_cache_dtype}")
+    return args
 
 
 def export_policy_env(settings: Settings) -> None:
     """Settings the engine core's scheduler reads (it runs in a child process)."""
     import tempfile
 
+    from cache_policies.offload import ENV as OFFLOAD_ENV
+    from cache_policies.offload import make_store
     from cache_policies.scheduler import RECOMPRESS_ENV
     from cache_policies.stats import ENV as STATS_ENV
 
+    make_store(settings.kv_offload)  # a Redis that does not answer fails here, at start-up
+    os.environ[OFFLOAD_ENV] = settings.kv_offload
     os.environ[RECOMPRESS_ENV] = str(settings.kv_recompress_every)
     os.environ[STATS_ENV] = os.path.join(tempfile.mkdtemp(prefix="longserve-"), "kv-stats.json")
 

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     kv_budget: float | int | None = Field(None, description="default KV policy budget")
     kv_recompress_every: int = Field(
         1024, ge=1, description="tokens generated past the budget before a policy runs again")
+    kv_offload: str = Field(
+        "host", description="where retrieval policies move blocks out of the KV memory: "
+        "none, host, or redis://HOST:PORT[/DB]")
     context_strategy: str = Field("reject", description="default long-context strategy")
     log_level: str = "info"
 
@@ -59,6 +62,13 @@ class Settings(BaseSettings):
     @classmethod
     def _sizes(cls, value):
         return None if value in (None, "") else parse_bytes(value)
+
+    @field_validator("kv_offload")
+    @classmethod
+    def _offload(cls, value: str) -> str:
+        from cache_policies.offload import check_spec
+
+        return check_spec(value)
 
     @field_validator("context_strategy")
     @classmethod

@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 import uuid
 
 import httpx
@@ -182,6 +184,36 @@ def test_blocks_that_held_packed_kv_serve_the_next_request_cleanly(server, auth,
     for name in ("kivi4", "kivi2"):
         run(server, auth, body(needle_prompts[3], {"name": name}, salt=uuid.uuid4().hex))
         assert run(server, auth, {**short, "cache_salt": uuid.uuid4().hex}) == [reference], name
+
+
+@pytest.mark.parametrize("name", ["quest", "actqkv"])
+def test_retrieval_attends_to_a_share_of_blocks_and_keeps_everything(server, auth,
+                                                                     needle_prompts, name):
+    """Decode steps attend to at most the budget's share of blocks per KV head (the
+    workers count them), the needle is still found, and every block between the sink and
+    the recent window leaves the engine for the offload tier (host memory by default)."""
+    sample = needle_prompts[1]
+
+    def counts():
+        text = metrics(server, auth)
+        return [metric_value(text, f"longserve_kv_{f}_total", policy=name)
+                for f in ("retrieval_blocks_attended", "retrieval_blocks_candidates",
+                          "blocks_freed")]
+
+    before = counts()
+    resp = httpx.post(server.url + "/v1/chat/completions", headers=auth, timeout=120,
+                      json=body(sample, {"name": name, "budget": 0.25}, salt=uuid.uuid4().hex))
+    assert resp.status_code == 200, resp.text
+    assert sample.answers[0] in resp.json()["choices"][0]["message"]["content"]
+    deadline = time.monotonic() + 5  # the workers write their counts once a second
+    while (after := counts())[1] == before[1] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    attended, candidates, freed = (a - b for a, b in zip(after, before))
+    blocks = -(-sample.prompt_tokens // BLOCK)
+    assert candidates >= blocks * 3 * 30  # every layer's 3 KV heads, at least one step
+    share = max(math.ceil(0.25 * n) / n for n in (blocks, blocks + 1))  # blocks held: n
+    assert 0 < attended <= share * candidates, (attended, candidates)
+    assert freed >= blocks - 3  # all but the sink, the recent and the newest block
 
 
 def test_long_generation_packs_new_blocks(server, auth, needle_prompts):

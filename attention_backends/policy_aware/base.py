@@ -50,6 +50,12 @@ class PolicyAwareImplMixin:
         each (kv_heads, length, head_dim)."""
         raise NotImplementedError
 
+    def read_raw(self, layer, kv_cache: torch.Tensor, raw: torch.Tensor,
+                 length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """As `read_blocks`, from blocks' storage copied out of the cache (`raw`, shaped
+        like `kv_cache[blocks]`)."""
+        raise NotImplementedError
+
     def write_blocks(self, layer, kv_cache: torch.Tensor, blocks: torch.Tensor,
                      keys: torch.Tensor, values: torch.Tensor) -> None:
         """Fill `blocks` (in order) with keys/values (kv_heads, len(blocks)*block, head_dim)."""

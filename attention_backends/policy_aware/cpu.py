@@ -46,8 +46,11 @@ class PolicyAwareCPUImpl(PolicyAwareImplMixin, CPUAttentionBackendImpl):
         return layout
 
     def read_blocks(self, layer, kv_cache, blocks, length):
+        return self.read_raw(layer, kv_cache, kv_cache[blocks], length)
+
+    def read_raw(self, layer, kv_cache, raw, length):
         _, inverse = self._layout(layer, kv_cache)
-        storage = kv_cache[blocks].flatten(2)  # (n, heads, 2 * block * dim)
+        storage = raw.flatten(2)  # (n, heads, 2 * block * dim)
         entries = storage[..., inverse].view(*storage.shape[:2], 2, -1, self.head_size)
         return tuple(entries[:, :, i].transpose(0, 1).flatten(1, 2)[:, :length]
                      for i in (0, 1))

@@ -65,7 +65,7 @@ def quantize(x: torch.Tensor, bits: int, dim: int):
 
 
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
-    return codes.float() * scale.float() + minimum.float()
+    return torch.addcmul(minimum.float(), codes.float(), scale.float())
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -77,10 +77,11 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def unpack_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
-    per_byte = 8 // bits
-    shifts = torch.arange(per_byte, dtype=torch.int32) * bits
-    codes = (packed.to(torch.int32).unsqueeze(-1) >> shifts) & (2**bits - 1)
-    return codes.flatten(-2).to(torch.uint8)
+    if bits == 8:
+        return packed
+    mask = 2**bits - 1
+    parts = [(packed >> (i * bits)) & mask for i in range(8 // bits)]  # uint8 ops
+    return torch.stack(parts, dim=-1).flatten(-2)
 
 
 def _bytes(t: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.serve.utils.api_utils import with_cancellation
 
 from server import metrics
-from server.errors import UnsupportedMediaType, count_error
+from server.errors import LongserveError, UnsupportedMediaType, count_error
 from server.openai.protocol import (
     KVPolicySpec,
     LongserveChatCompletionRequest,
@@ -38,11 +38,19 @@ async def require_json(raw_request: Request) -> None:
             f"{media_type or 'no content type'})")
 
 
-def _fill_defaults(request: LongserveFields, settings) -> None:
+def _fill_defaults(request: LongserveFields, state) -> None:
+    settings = state.settings
     if request.kv_policy is None:
         request.kv_policy = KVPolicySpec(name=settings.kv_policy, budget=settings.kv_budget)
     if request.context_strategy is None:
         request.context_strategy = settings.context_strategy
+    cache_dtype = getattr(state.vllm_args, "kv_cache_dtype", "auto")
+    if request.kv_policy.name != "full" and cache_dtype not in ("auto", None):
+        raise LongserveError(
+            f"kv_policy {request.kv_policy.name!r} needs the KV cache in the model's dtype; "
+            f"this server runs vLLM's quantized cache (--kv-cache-dtype {cache_dtype}) and "
+            "serves `full` only (for a quantized cache with policies, use kivi8/kivi4)",
+            param="kv_policy")
 
 
 def _with_applied(chunk: str, applied: dict) -> str:
@@ -90,7 +98,7 @@ class _ClosingStreamingResponse(StreamingResponse):
 async def _serve(raw_request: Request, request: LongserveFields, endpoint: str, create):
     state = raw_request.app.state
     serving = serving_or_503(state)
-    _fill_defaults(request, state.settings)
+    _fill_defaults(request, state)
     ticket = state.admission.admit(getattr(request, "n", None) or 1)
     try:
         result = await create(serving)

@@ -179,3 +179,41 @@ def kivi_roundtrip(keys: torch.Tensor, values: torch.Tensor, bits: int, group: i
         for t in range(length):  # values: one token at a time
             v_out[h, t] = torch.tensor(roundtrip([float(v) for v in values[h, t]]))
     return k_out, v_out
+
+
+def quest_bounds(query: torch.Tensor, keys: torch.Tensor, block: int) -> list[list[float]]:
+    """Quest's rule, loop by loop: for KV head h and block b, the largest over the query
+    heads of its group of sum_d max(q_d * min_d, q_d * max_d). query (heads, dim)."""
+    kv_heads, length, dim = keys.shape
+    group = query.shape[0] // kv_heads
+    out = []
+    for h in range(kv_heads):
+        row = []
+        for b in range(length // block):
+            best_bound = float("-inf")
+            for g in range(group):
+                q = query[h * group + g]
+                bound = 0.0
+                for d in range(dim):
+                    column = [float(keys[h, t, d]) for t in range(b * block, (b + 1) * block)]
+                    bound += max(float(q[d]) * min(column), float(q[d]) * max(column))
+                best_bound = max(best_bound, bound)
+            row.append(best_bound)
+        out.append(row)
+    return out
+
+
+def activation_probe(queries: torch.Tensor) -> torch.Tensor:
+    """ActQKV's probe, one head and one window query at a time: queries weighted by
+    their activation bias sum_j (q_tj - mean_j)^2 / var_j over the window."""
+    heads, window, dim = queries.shape
+    probe = torch.zeros(heads, dim)
+    for h in range(heads):
+        mean = [sum(float(queries[h, t, j]) for t in range(window)) / window for j in range(dim)]
+        var = [max(sum((float(queries[h, t, j]) - mean[j]) ** 2 for t in range(window)) / window,
+                   1e-6) for j in range(dim)]
+        bias = [sum((float(queries[h, t, j]) - mean[j]) ** 2 / var[j] for j in range(dim))
+                for t in range(window)]
+        for t in range(window):
+            probe[h] += bias[t] / sum(bias) * queries[h, t].float()
+    return probe

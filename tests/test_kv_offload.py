@@ -1,0 +1,120 @@
+"""The offload tier of retrieval policies, against a real Redis server started here
+(Debian's `redis-server`) and the embedded host store: blocks come back byte-identical,
+a retrieval request's memory leaves the engine and its tier entries go when it ends."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import uuid
+
+import httpx
+import pytest
+import torch
+
+from cache_policies.offload import HostStore, RedisStore
+from loadtests.servers import free_port
+from tests.conftest import longserve_eager, metric_value
+from tests.test_kv_policies_http import body, kv_usage, run
+
+BLOCK = 128
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed: run `bash deploy/install.sh --dev`"
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path_factory.mktemp("redis"))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("tier", ["host", "redis"])
+def test_blocks_come_back_byte_identical(tier, redis_url):
+    store = HostStore() if tier == "host" else RedisStore(redis_url)
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randn(5, 3, 128, 128, generator=g).to(torch.bfloat16)
+    bits = raw.view(torch.int16)
+    bits[0, 0, 0, :4] = torch.tensor([0x7FC0, 0x7F80, -0x80, 0x0001], dtype=torch.int16)
+    store.put("req-a", "layers.3.attn", 7, raw)  # logical blocks 7..11
+    store.put("req-b", "layers.3.attn", 7, raw.flip(0))
+    got = store.get("req-a", "layers.3.attn", [9, 7, 11])
+    assert torch.equal(got.view(torch.int16), raw[[2, 0, 4]].view(torch.int16))
+    assert len(store) == 10
+    store.drop("req-a")
+    assert len(store) == 5
+    with pytest.raises(KeyError):
+        store.get("req-a", "layers.3.attn", [7])
+    store.drop("req-b")
+    assert len(store) == 0
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory, redis_url):
+    srv = longserve_eager(tmp_path_factory.mktemp("offload") / "longserve.log",
+                          "--kv-offload", redis_url, "--kv-cache-memory", "256MiB").start()
+    try:
+        yield srv.wait_ready()
+    finally:
+        srv.stop()
+
+
+@pytest.mark.engine
+def test_retrieval_offloads_to_redis_and_answers_as_with_the_host_tier(
+        server, auth, redis_server, redis_url):
+    """The same quest request on the shared server (host tier) and on one whose tier is
+    Redis: identical tokens (the blocks come back byte-identical), the engine holds a few
+    blocks while Redis holds the rest, and Redis is empty once the request is done."""
+    import redis
+
+    from loadtests.tasks import build_sample
+    from server.model_store import prepare
+    from transformers import AutoTokenizer
+
+    sample = build_sample("niah_single", 1600, 3, 17,
+                          AutoTokenizer.from_pretrained(str(prepare()[0])))
+    policy = {"name": "quest", "budget": 0.25}
+    [on_host] = run(server, auth, body(sample, policy, salt=uuid.uuid4().hex))
+    [on_redis] = run(redis_server, {}, body(sample, policy, salt=uuid.uuid4().hex))
+    assert on_redis == on_host
+
+    client = redis.Redis.from_url(redis_url)
+    usage, held = {}, {}
+    for name in ("full", "quest"):
+        samples = []  # (KV usage, keys in Redis) after each streamed token, once decoding
+        with httpx.stream("POST", redis_server.url + "/v1/chat/completions", timeout=120,
+                          json={**body(sample, policy if name == "quest" else None,
+                                       max_tokens=64, ignore_eos=True,
+                                       salt=uuid.uuid4().hex), "stream": True}) as resp:
+            for index, _ in enumerate(resp.iter_lines()):
+                if index >= 8:
+                    samples.append((kv_usage(redis_server, {}), client.dbsize()))
+        usage[name] = max(u for u, _ in samples)
+        held[name] = max(k for _, k in samples)
+    # 30 layers x the blocks between the sink block and the recent window
+    assert held["full"] == 0 and held["quest"] >= 30 * (sample.prompt_tokens // BLOCK - 3), held
+    assert usage["quest"] <= 0.3 * usage["full"], usage
+    deadline = time.monotonic() + 10
+    while client.dbsize() and time.monotonic() < deadline:  # dropped at the next step
+        run(redis_server, {}, {"messages": [{"role": "user", "content": "hi"}],
+                               "max_tokens": 2})
+    assert client.dbsize() == 0
+    text = httpx.get(redis_server.url + "/metrics").text
+    assert metric_value(text, "longserve_kv_blocks_freed_total", policy="quest") > 0
