@@ -34,7 +34,8 @@ def test_settings_read_env_and_init_wins(monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
-    ({"kv_policy": "nope"}, "valid names: chunkkv, d2o, full, h2o, kvmerger, snapkv, streaming, tova"),
+    ({"kv_policy": "nope"}, "valid names: actqkv, chunkkv, d2o, full, h2o, kivi2, kivi4, kivi8, "
+                               "kvmerger, quest, snapkv, streaming, tova"),
     ({"kv_policy": "snapkv", "kv_budget": 0}, "keep at least 1 token"),
     ({"context_strategy": "nope"}, "valid names: reject"),
     ({"kv_policy": "full", "kv_budget": 0.5}, "takes no budget"),
@@ -235,7 +236,7 @@ def test_error_mapper(exc, status, type_):
 
 @pytest.mark.parametrize("argv, fragment", [
     (["serve", "--no-such-flag", "3"], "unrecognized arguments: --no-such-flag"),
-    (["serve", "--kv-policy", "bogus"], "unknown kv_policy 'bogus'; valid names: chunkkv, d2o, full"),
+    (["serve", "--kv-policy", "bogus"], "unknown kv_policy 'bogus'; valid names: actqkv, chunkkv, d2o"),
     (["serve", "--kv-cache-memory", "lots"], "--kv-cache-memory"),
 ])
 def test_serve_rejects_bad_flags_before_loading_anything(capsys, argv, fragment):
@@ -243,3 +244,24 @@ def test_serve_rejects_bad_flags_before_loading_anything(capsys, argv, fragment)
 
     assert main(argv) == 2
     assert fragment in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, dtype, allowed", [
+    ("snapkv", "fp8", False), ("kivi4", "fp8_e5m2", False), ("full", "fp8", True),
+    ("snapkv", "auto", True), ("quest", "auto", True),
+])
+def test_policies_need_the_model_kv_dtype(name, dtype, allowed):
+    """vLLM's own quantized cache is not readable by the policies: a 400, not garbage."""
+    from argparse import Namespace
+    from types import SimpleNamespace
+
+    from server.errors import LongserveError
+    from server.openai.routes import _fill_defaults
+
+    state = SimpleNamespace(settings=Settings(), vllm_args=Namespace(kv_cache_dtype=dtype))
+    request = chat_request(kv_policy={"name": name})
+    if allowed:
+        _fill_defaults(request, state)
+    else:
+        with pytest.raises(LongserveError, match="--kv-cache-dtype"):
+            _fill_defaults(request, state)

@@ -51,6 +51,20 @@ def _fill_defaults(request: LongserveFields, state) -> None:
             f"this server runs vLLM's quantized cache (--kv-cache-dtype {cache_dtype}) and "
             "serves `full` only (for a quantized cache with policies, use kivi8/kivi4)",
             param="kv_policy")
+    if request.kv_policy.name != "full" and not _cpu_only_policy_ok(request.kv_policy.name):
+        raise LongserveError(
+            f"kv_policy {request.kv_policy.name!r} attends through longserve's CPU path and is "
+            "not available on this platform yet; evict/merge policies are", param="kv_policy")
+
+
+def _cpu_only_policy_ok(name: str) -> bool:
+    """Quantizing and retrieval policies read the CPU cache layout only (for now)."""
+    from vllm.platforms import current_platform
+
+    from cache_policies.registry import policy_class
+
+    cls = policy_class(name)
+    return current_platform.is_cpu() or not (cls.packs or cls.retrieves)
 
 
 def _with_applied(chunk: str, applied: dict) -> str:
