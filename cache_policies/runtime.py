@@ -26,7 +26,7 @@ import torch
 from cache_policies import offload
 from cache_policies.base import KVPolicy, PolicyInputs, attention_probs
 from cache_policies.compress.kivi import pack_groups, unpack_groups
-from cache_policies.retrieve.quest import block_summaries
+from cache_policies.retrieve.quest import page_summaries
 from cache_policies.stats import RetrievalStats
 from cache_policies.plan import ATTRIBUTE, PolicyStep
 from cache_policies.registry import make_policy
@@ -156,9 +156,9 @@ class PolicyRuntime:
         """A decode step (one query) of a request with more blocks than its budget, or
         with blocks in the offload tier (the kernel cannot reach them)."""
         starts = common.query_start_loc_cpu
-        blocks = (length + self.block_size - 1) // self.block_size
+        pages = -(-length // policy.page)
         return (int(starts[row + 1] - starts[row]) == 1
-                and (policy.limit(blocks, self.block_size) < blocks or step.tail_start > 0))
+                and (policy.limit(pages) < pages or step.tail_start > 0))
 
     # --- after each layer's attention -----------------------------------------------
 
@@ -247,28 +247,34 @@ class PolicyRuntime:
         return self._store
 
     def _summaries(self, impl, layer, key, r: _Row, kv_cache, end: int) -> torch.Tensor:
-        """Quest summaries of logical blocks 0..end-1, each made once (a full block never
-        changes) while the block is still in the cache."""
+        """Page summaries of logical blocks 0..end-1, each block's made once (a full block
+        never changes) while the block is still in the cache."""
         summaries = self.summaries.get(key)
-        done = 0 if summaries is None else summaries.shape[0]
+        per_block = self.block_size // r.policy.page
+        done = 0 if summaries is None else summaries.shape[0] // per_block
         if done < end:
             keys, _ = impl.read_blocks(layer, kv_cache, r.blocks[done:end],
                                        (end - done) * self.block_size)
-            fresh = block_summaries(keys, self.block_size)
+            fresh = page_summaries(keys, r.policy.page)
             summaries = fresh if summaries is None else torch.cat([summaries, fresh])
             self.summaries[key] = summaries
         return summaries
 
     def _retrieved_attention(self, impl, layer, key, r: _Row, kv_cache) -> torch.Tensor:
-        """Attention of this decode step's query over the blocks the policy selects per KV
-        head, plus the block being written: (1, heads, dim), fp32. Selected blocks in the
-        offload tier are read from there."""
-        bs = self.block_size
-        full = len(r.blocks) - 1  # full blocks, the candidates
+        """Attention of this decode step's query over the pages the policy selects per KV
+        head, plus the block being written: (1, heads, dim), fp32. Blocks holding selected
+        pages are read whole, from the cache or from the offload tier; the pages not
+        selected for a head are masked out of its softmax."""
+        bs, page = self.block_size, r.policy.page
+        per_block = bs // page
+        full = len(r.blocks) - 1  # full blocks: their pages are the candidates
         summaries = self._summaries(impl, layer, key, r, kv_cache, full)
-        limit = r.policy.limit(full + 1, bs)
-        mask = r.policy.select(self.recent[key], summaries[:full], impl.scale, limit)
-        chosen = mask.any(dim=0).nonzero().flatten()  # union over KV heads
+        tail_pages = -(-r.length // page)
+        limit = r.policy.limit(full * per_block + tail_pages)
+        mask = r.policy.select(self.recent[key], summaries[: full * per_block], impl.scale,
+                               limit - tail_pages, r.policy.recent_pages)
+        by_block = mask.view(mask.shape[0], full, per_block)
+        chosen = by_block.any(dim=2).any(dim=0).nonzero().flatten()  # blocks to read
         away = r.blocks[chosen] == OFFLOADED
         here, there = chosen[~away], chosen[away]
         parts = [impl.read_blocks(layer, kv_cache, torch.cat([r.blocks[here], r.blocks[-1:]]),
@@ -282,12 +288,12 @@ class PolicyRuntime:
         query = self.recent[key][:, -1]  # (heads, dim)
         kv_heads, dim = keys.shape[0], keys.shape[-1]
         logits = torch.einsum("hgd,hpd->hgp", query.view(kv_heads, -1, dim), keys)
-        hidden = ~mask[:, order].repeat_interleave(bs, dim=1)  # (kv_heads, m * bs)
+        hidden = ~by_block[:, order].flatten(1).repeat_interleave(page, dim=1)
         hidden = torch.nn.functional.pad(hidden, (0, r.length)).unsqueeze(1)
         probs = (logits * impl.scale).masked_fill(hidden, float("-inf")).softmax(-1)
         out = torch.einsum("hgp,hpd->hgd", probs, values)
-        self.retrieval.add(r.policy.name, attended=int(mask.sum()) + mask.shape[0],
-                           candidates=(full + 1) * mask.shape[0])
+        self.retrieval.add(r.policy.name, attended=int(mask.sum()) + tail_pages * kv_heads,
+                           candidates=(mask.shape[1] + tail_pages) * kv_heads)
         return out.reshape(1, -1, dim)
 
     def _offload(self, impl, layer, key, r: _Row, kv_cache) -> None:

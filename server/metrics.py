@@ -77,11 +77,11 @@ class KVPolicyCollector:
                 memory.add_metric([policy], 1 - row["blocks_freed"] / row["blocks_before"])
         yield memory
         retrieval = stats.read_retrieval(path) if path else {}
-        for field, doc in (("attended", "KV blocks attended per KV head in retrieval decode "
-                                        "steps, summed over layers and steps"),
-                           ("candidates", "KV blocks the request held in those steps, per KV "
+        for field, doc in (("attended", "16-entry KV pages attended per KV head in retrieval "
+                                        "decode steps, summed over layers and steps"),
+                           ("candidates", "KV pages the request held in those steps, per KV "
                                           "head, summed over layers and steps")):
-            family = CounterMetricFamily(f"longserve_kv_retrieval_blocks_{field}",
+            family = CounterMetricFamily(f"longserve_kv_retrieval_pages_{field}",
                                          doc, labels=["policy"])
             for policy, row in sorted(retrieval.items()):
                 family.add_metric([policy], row[field])

@@ -197,7 +197,7 @@ def test_retrieval_attends_to_a_share_of_blocks_and_keeps_everything(server, aut
     def counts():
         text = metrics(server, auth)
         return [metric_value(text, f"longserve_kv_{f}_total", policy=name)
-                for f in ("retrieval_blocks_attended", "retrieval_blocks_candidates",
+                for f in ("retrieval_pages_attended", "retrieval_pages_candidates",
                           "blocks_freed")]
 
     before = counts()
