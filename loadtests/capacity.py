@@ -24,16 +24,12 @@ from loadtests.policies import FULL, PolicyRun
 
 
 def _gauges(text: str) -> dict[str, float]:
-    from prometheus_client.parser import text_string_to_metric_families
+    from loadtests.prom import totals
 
     wanted = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting",
               "vllm:kv_cache_usage_perc": "kv_usage", "vllm:num_preemptions_total": "preemptions"}
-    out = dict.fromkeys(wanted.values(), 0.0)
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name in wanted:
-                out[wanted[s.name]] += s.value
-    return out
+    found = totals(text)
+    return {short: found[name] for name, short in wanted.items()}
 
 
 async def _sample(url: str, headers: dict, stop: asyncio.Event, every: float) -> list[dict]:

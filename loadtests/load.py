@@ -143,14 +143,7 @@ async def run_closed_loop(http, model, requests, extra_body, concurrency, bar=No
 
 def server_view(before: str, after: str) -> dict:
     """The server's mean TTFT and TPOT over the run, from its Prometheus histograms."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    def totals(text: str) -> dict[str, float]:
-        out: Counter = Counter()
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                out[s.name] += s.value
-        return out
+    from loadtests.prom import totals
 
     b, a = totals(before), totals(after)
     view = {}

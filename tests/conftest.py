@@ -55,11 +55,6 @@ def model_name(client) -> str:
 
 def metric_value(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of `name` whose labels include `labels` (Prometheus text)."""
-    from prometheus_client.parser import text_string_to_metric_families
+    from loadtests.prom import value
 
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+    return value(text, name, **labels)
