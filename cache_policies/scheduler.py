@@ -19,6 +19,9 @@ Preemption frees everything and recomputes from tokens; the policy then runs aga
 Packing policies (KIVI) keep every entry: at the same moments, the full blocks behind the
 one being written are quantized into the request's byte stream (`plan.py`), which takes
 fresh blocks only as it grows, and the full-precision blocks go back to the pool.
+Retrieval policies (Quest, ActQKV) keep every entry and select per step on the workers;
+with the offload tier on, each full block between the sink block and the recent window
+is handed to the tier as it ages and goes back to the pool.
 """
 
 from __future__ import annotations
