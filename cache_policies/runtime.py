@@ -153,7 +153,7 @@ class PolicyRuntime:
         return dataclasses.replace(common, block_table_tensor=new_table, seq_lens=new_lens)
 
     def _retrieving(self, common, row: int, policy, length: int, step: PolicyStep) -> bool:
-        """A decode step (one query) of a request with more blocks than its budget, or
+        """A decode step (one query) of a request with more pages than its budget, or
         with blocks in the offload tier (the kernel cannot reach them)."""
         starts = common.query_start_loc_cpu
         pages = -(-length // policy.page)
