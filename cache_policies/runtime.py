@@ -27,7 +27,7 @@ from cache_policies import offload
 from cache_policies.base import KVPolicy, PolicyInputs, attention_probs
 from cache_policies.compress.kivi import pack_groups, unpack_groups
 from cache_policies.retrieve.quest import page_summaries
-from cache_policies.stats import RetrievalStats
+from cache_policies.stats import retrieval_stats
 from cache_policies.plan import ATTRIBUTE, PolicyStep
 from cache_policies.registry import make_policy
 
@@ -45,7 +45,6 @@ class _Row:
     live: torch.Tensor  # physical block ids, in order, as the kernel reads them
     length: int  # physical entries the kernel reads after this step
     blocks: torch.Tensor | None = None  # retrieval: every logical block (OFFLOADED: tier)
-    total: int = 0  # retrieval: every entry, this step's included
     retrieving: bool = True  # retrieval: this step attends here, to selected blocks
 
 
@@ -59,7 +58,7 @@ class PolicyRuntime:
         self.streams: dict[str, tuple[int, ...]] = {}  # req -> blocks holding its packed KV
         self.summaries: dict[tuple[str, str], torch.Tensor] = {}  # (req, layer) -> (n, H, 2, D)
         self.recent: dict[tuple[str, str], torch.Tensor] = {}  # (req, layer) -> (heads, W, D)
-        self.retrieval = RetrievalStats()
+        self.retrieval = retrieval_stats()
         self._store = None  # the offload tier, made on first use (in the worker process)
         self._policies: dict = {}
 
@@ -128,10 +127,10 @@ class PolicyRuntime:
                     new_table[row, 0] = blocks[-1]  # the kernel sees the block being written
                     new_lens[row] = length - (len(blocks) - 1) * block_size
                     self.rows.append(_Row(row, req_id, step, policy, blocks[-1:],
-                                          int(new_lens[row]), blocks, length))
+                                          int(new_lens[row]), blocks))
                 else:
                     self.rows.append(_Row(row, req_id, step, policy, table[row, :0], length,
-                                          blocks, length, retrieving=False))
+                                          blocks, retrieving=False))
                 continue
             in_place = table[row, step.tail_start: (length + block_size - 1) // block_size]
             if step.packed_groups or step.compaction and self._policy(step).packs:

@@ -50,6 +50,7 @@ DEFAULT_RECOMPRESS_EVERY = 1024
 @dataclass
 class _Request:
     config: KVPolicyConfig
+    cls: type  # the policy's class (its flags and format)
     budget: int  # tokens
     front: list = field(default_factory=list)  # KVCacheBlock: shared prefix + survivors
     tail_start: int = 0
@@ -106,7 +107,7 @@ class PolicyScheduler(Scheduler):
                 request.skip_reading_prefix_cache = True
             budget = (0 if cls.packs else
                       config.budget_tokens(request.num_prompt_tokens, cls.default_budget))
-            self._policies[request.request_id] = _Request(config, budget)
+            self._policies[request.request_id] = _Request(config, cls, budget)
             self._stats.add(config.name, requests=1)
         super().add_request(request)
 
@@ -137,7 +138,7 @@ class PolicyScheduler(Scheduler):
         return output
 
     def _plan(self, request, state: _Request) -> Compaction | None:
-        cls = policy_class(state.config.name)
+        cls = state.cls
         if cls.retrieves and not self._offload:  # selects per step; frees nothing
             if not state.prefilled and request.num_computed_tokens >= request.num_prompt_tokens:
                 state.prefilled = True  # generated KV comes from selected blocks: unregistered
@@ -211,7 +212,7 @@ class PolicyScheduler(Scheduler):
         start = state.tail_start or pinned
         sources = blocks[start:last]
         packed = list(state.front[pinned:])
-        fmt = policy_class(state.config.name).format(self._head_size, bs)
+        fmt = state.cls.format(self._head_size, bs)
         groups = state.packed_groups + len(sources)
         need = fmt.blocks_for(groups, self._head_block_bytes) - len(packed)
         if not sources or need >= len(sources):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,36 +15,19 @@ FIELDS = ("requests", "compactions", "skipped", "tokens_before", "tokens_kept",
           "blocks_before", "blocks_freed")
 
 
+RETRIEVAL_FIELDS = ("attended", "candidates")
+
+
 class PolicyStats:
-    def __init__(self, path: str | None = None) -> None:
+    """Counters per policy, written to `path` when they change, at most once per `every`
+    seconds (the last changes wait for the next `flush`)."""
+
+    def __init__(self, path: str | None = None, fields: tuple[str, ...] = FIELDS,
+                 every: float = 0.0) -> None:
         self.path = Path(path) if path else (Path(os.environ[ENV]) if ENV in os.environ else None)
-        self.counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(FIELDS, 0))
-
-    def add(self, policy: str, **deltas: int) -> None:
-        row = self.counts[policy]
-        for field, delta in deltas.items():
-            row[field] += delta
-        self._write()
-
-    def _write(self) -> None:
-        if self.path is None:
-            return
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.counts))
-        os.replace(tmp, self.path)
-
-
-class RetrievalStats:
-    """Blocks attended by retrieval policies, counted in the worker process (which picks
-    the blocks) and written next to the scheduler's file, at most once a second."""
-
-    FIELDS = ("attended", "candidates")
-
-    def __init__(self) -> None:
-        base = os.environ.get(ENV)
-        self.path = Path(f"{base}.worker{os.getpid()}") if base else None
-        self.counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(self.FIELDS, 0))
-        self._written = 0.0
+        self.counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(fields, 0))
+        self.every = every
+        self._written = float("-inf")
         self._dirty = False
 
     def add(self, policy: str, **deltas: int) -> None:
@@ -51,21 +35,28 @@ class RetrievalStats:
         for field, delta in deltas.items():
             row[field] += delta
         self._dirty = True
+        self.flush()
 
-    def flush(self, every: float = 1.0) -> None:
-        import time
-
-        if not self._dirty or self.path is None or time.monotonic() - self._written < every:
+    def flush(self) -> None:
+        now = time.monotonic()
+        if not self._dirty or self.path is None or now - self._written < self.every:
             return
         tmp = Path(f"{self.path}.tmp")
         tmp.write_text(json.dumps(self.counts))
         os.replace(tmp, self.path)
-        self._written, self._dirty = time.monotonic(), False
+        self._written, self._dirty = now, False
+
+
+def retrieval_stats() -> PolicyStats:
+    """Pages attended by retrieval policies, counted in the worker process (which picks
+    them) and written next to the scheduler's file, at most once a second."""
+    base = os.environ.get(ENV)
+    return PolicyStats(f"{base}.worker{os.getpid()}" if base else None, RETRIEVAL_FIELDS, 1.0)
 
 
 def read_retrieval(path: str | Path) -> dict[str, dict[str, int]]:
     """The workers' retrieval counts, summed."""
-    total: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(RetrievalStats.FIELDS, 0))
+    total: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(RETRIEVAL_FIELDS, 0))
     for file in Path(path).parent.glob(Path(path).name + ".worker*"):
         if file.suffix == ".tmp":
             continue

@@ -66,7 +66,6 @@ class PolicyAwareCPUImpl(PolicyAwareImplMixin, CPUAttentionBackendImpl):
         kv_cache[blocks] = logical[..., codes].to(kv_cache.dtype).view(
             len(blocks), *kv_cache.shape[1:])
 
-
     def read_stream(self, layer, kv_cache, blocks):
         raw = kv_cache[blocks].view(torch.uint8)  # (n, heads, block, bytes per entry)
         return raw.transpose(0, 1).reshape(raw.shape[1], -1)
