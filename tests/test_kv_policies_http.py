@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 import uuid
 
@@ -63,16 +64,32 @@ def run(server, auth, *payloads) -> list[list[int]]:
 
 
 def usage_while_streaming(server, auth, payload: dict) -> float:
-    """The highest KV usage vLLM reports while the request decodes. Sampled after every
-    streamed token once decoding is under way (the prefill, and the policy, ran): a single
-    sample can read the gauge of a later step than the token it follows (a busy server
-    forwards tokens behind the engine), and the gauge is 0 once the request is done."""
-    samples = []
-    with httpx.stream("POST", server.url + "/v1/chat/completions", headers=auth,
-                      json={**payload, "stream": True}, timeout=120) as resp:
-        for index, _ in enumerate(resp.iter_lines()):
-            if index >= 8:
-                samples.append(kv_usage(server, auth))
+    """The highest KV usage vLLM reports while the request decodes. A poller thread reads
+    the gauge for as long as the stream is open once the client has seen a few tokens (the
+    prefill, and the policy, ran). Sampling from the reading loop itself is not enough: a
+    busy API process can deliver the whole stream in a few late chunks, after the request
+    left the engine and the gauge went back to 0."""
+    decoding, done, samples = threading.Event(), threading.Event(), []
+
+    def poll():
+        decoding.wait()
+        while not done.is_set():
+            samples.append(kv_usage(server, auth))
+            time.sleep(0.02)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        with httpx.stream("POST", server.url + "/v1/chat/completions", headers=auth,
+                          json={**payload, "stream": True}, timeout=120) as resp:
+            for index, _ in enumerate(resp.iter_lines()):
+                if index >= 8:
+                    decoding.set()
+    finally:
+        done.set()
+        decoding.set()
+        poller.join()
+    assert samples, "the stream ended before the gauge could be read"
     return max(samples)
 
 
@@ -86,7 +103,7 @@ def test_compressed_request_gives_blocks_back(server, auth, needle_prompts, poli
     wait_engine_idle(server, auth, timeout=120)  # usage then counts these requests only
     freed_before = metric_value(metrics(server, auth), "longserve_kv_blocks_freed_total",
                                 policy=name)
-    long_run = {"max_tokens": 64, "ignore_eos": True}
+    long_run = {"max_tokens": 128, "ignore_eos": True}
     usage_full = usage_while_streaming(server, auth, body(full, salt=uuid.uuid4().hex, **long_run))
     usage_policy = usage_while_streaming(server, auth, body(
         compressed, policy, salt=uuid.uuid4().hex, **long_run))
