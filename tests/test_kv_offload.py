@@ -16,7 +16,7 @@ import torch
 from cache_policies.offload import HostStore, RedisStore
 from loadtests.servers import free_port
 from tests.conftest import longserve_eager, metric_value
-from tests.test_kv_policies_http import body, kv_usage, run
+from tests.test_kv_policies_http import body, kv_usage, run, sample_while_streaming
 
 BLOCK = 128
 
@@ -98,14 +98,10 @@ def test_retrieval_offloads_to_redis_and_answers_as_with_the_host_tier(
     client = redis.Redis.from_url(redis_url)
     usage, held = {}, {}
     for name in ("full", "quest"):
-        samples = []  # (KV usage, keys in Redis) after each streamed token, once decoding
-        with httpx.stream("POST", redis_server.url + "/v1/chat/completions", timeout=120,
-                          json={**body(sample, policy if name == "quest" else None,
-                                       max_tokens=64, ignore_eos=True,
-                                       salt=uuid.uuid4().hex), "stream": True}) as resp:
-            for index, _ in enumerate(resp.iter_lines()):
-                if index >= 8:
-                    samples.append((kv_usage(redis_server, {}), client.dbsize()))
+        payload = body(sample, policy if name == "quest" else None, max_tokens=64,
+                       ignore_eos=True, salt=uuid.uuid4().hex)
+        samples = sample_while_streaming(  # (KV usage, keys in Redis) while decoding
+            redis_server, {}, payload, lambda: (kv_usage(redis_server, {}), client.dbsize()))
         usage[name] = max(u for u, _ in samples)
         held[name] = max(k for _, k in samples)
     # 30 layers x the blocks between the sink block and the recent window

@@ -63,18 +63,19 @@ def run(server, auth, *payloads) -> list[list[int]]:
     return asyncio.run(go())
 
 
-def usage_while_streaming(server, auth, payload: dict) -> float:
-    """The highest KV usage vLLM reports while the request decodes. A poller thread reads
-    the gauge for as long as the stream is open once the client has seen a few tokens (the
-    prefill, and the policy, ran). Sampling from the reading loop itself is not enough: a
-    busy API process can deliver the whole stream in a few late chunks, after the request
-    left the engine and the gauge went back to 0."""
+def sample_while_streaming(server, auth, payload: dict, probe=None) -> list:
+    """`probe()` (by default vLLM's KV usage) read again and again while the request
+    decodes: a poller thread samples for as long as the stream is open, once the client
+    has seen a few tokens (the prefill, and the policy, ran). Sampling from the reading
+    loop itself is not enough: a busy API process can deliver the whole stream in a few
+    late chunks, after the request left the engine and the gauge went back to 0."""
+    probe = probe or (lambda: kv_usage(server, auth))
     decoding, done, samples = threading.Event(), threading.Event(), []
 
     def poll():
         decoding.wait()
         while not done.is_set():
-            samples.append(kv_usage(server, auth))
+            samples.append(probe())
             time.sleep(0.02)
 
     poller = threading.Thread(target=poll, daemon=True)
@@ -89,8 +90,13 @@ def usage_while_streaming(server, auth, payload: dict) -> float:
         done.set()
         decoding.set()
         poller.join()
-    assert samples, "the stream ended before the gauge could be read"
-    return max(samples)
+    assert samples, "the stream ended before the probe could run"
+    return samples
+
+
+def usage_while_streaming(server, auth, payload: dict) -> float:
+    """The highest KV usage vLLM reports while the request decodes."""
+    return max(sample_while_streaming(server, auth, payload))
 
 
 @pytest.mark.parametrize("policy", [{"name": "snapkv", "budget": 0.3}, {"name": "kivi4"}],
