@@ -2,7 +2,7 @@
 
 vLLM on CPU ignores `--attention-backend` and always asks the registry for `CPU_ATTN`
 (`platforms/cpu.py:get_attn_backend_cls`), so longserve takes over the platform
-kernel's slot with a subclass that delegates to it; on CUDA it takes the FLASH_ATTN slot
+kernel's slot with a subclass that delegates to it (policy-aware, with sparse prefill); on CUDA it takes the FLASH_ATTN slot
 the same way. Class paths are strings: nothing is imported until vLLM builds a layer.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # platform (vllm.platforms.current_platform.device_type) -> (enum member, our class)
 PLATFORM_BACKENDS: dict[str, tuple[str, str]] = {
-    "cpu": ("CPU_ATTN", "attention_backends.policy_aware.cpu.PolicyAwareCPUBackend"),
+    "cpu": ("CPU_ATTN", "attention_backends.sparse.cpu.SparseCPUBackend"),
     "cuda": ("FLASH_ATTN", "attention_backends.policy_aware.cuda.PolicyAwareFlashAttnBackend"),
 }
 

@@ -47,23 +47,33 @@ class PolicyStats:
         self._written, self._dirty = now, False
 
 
-def retrieval_stats() -> PolicyStats:
-    """Pages attended by retrieval policies, counted in the worker process (which picks
-    them) and written next to the scheduler's file, at most once a second."""
+def worker_stats(kind: str, fields: tuple[str, ...]) -> PolicyStats:
+    """Counters kept in a worker process (per step, per layer), written next to the
+    scheduler's file as `<file>.<kind><pid>`, at most once a second."""
     base = os.environ.get(ENV)
-    return PolicyStats(f"{base}.worker{os.getpid()}" if base else None, RETRIEVAL_FIELDS, 1.0)
+    return PolicyStats(f"{base}.{kind}{os.getpid()}" if base else None, fields, 1.0)
+
+
+def read_workers(path: str | Path, kind: str,
+                 fields: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """Every worker's `kind` counters, summed per key."""
+    total: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(fields, 0))
+    for file in Path(path).parent.glob(f"{Path(path).name}.{kind}*"):
+        if file.suffix == ".tmp":
+            continue
+        for key, row in read(file).items():
+            for field, value in row.items():
+                total[key][field] += value
+    return total
+
+
+def retrieval_stats() -> PolicyStats:
+    """Pages attended by retrieval policies, counted in the worker that picks them."""
+    return worker_stats("worker", RETRIEVAL_FIELDS)
 
 
 def read_retrieval(path: str | Path) -> dict[str, dict[str, int]]:
-    """The workers' retrieval counts, summed."""
-    total: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(RETRIEVAL_FIELDS, 0))
-    for file in Path(path).parent.glob(Path(path).name + ".worker*"):
-        if file.suffix == ".tmp":
-            continue
-        for policy, row in read(file).items():
-            for field, value in row.items():
-                total[policy][field] += value
-    return total
+    return read_workers(path, "worker", RETRIEVAL_FIELDS)
 
 
 def read(path: str | Path) -> dict[str, dict[str, int]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from vllm.v1.worker.cpu_worker import CPUWorker
 from vllm.v1.worker.gpu_worker import Worker
 
+from attention_backends.sparse.stats import SPARSE_STATS
 from cache_policies.runtime import RUNTIME
 
 class PolicyWorkerMixin:
@@ -15,6 +16,7 @@ class PolicyWorkerMixin:
             return super().execute_model(scheduler_output)  # type: ignore[misc]
         finally:  # passes outside a scheduled step (warm-up, profiling) see no plan
             RUNTIME.end_step()
+            SPARSE_STATS.flush()
 
 
 class PolicyCPUWorker(PolicyWorkerMixin, CPUWorker):

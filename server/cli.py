@@ -43,6 +43,11 @@ def _serve_parser(sub) -> None:
         "KV has grown this many tokens past the budget while generating (default 1024)")
     add("--kv-offload", help="where retrieval policies (quest, actqkv) move the blocks they "
         "are not reading out of the KV memory: none, host (default) or redis://HOST:PORT/DB")
+    add("--attention", help="default prefill attention: dense (default) or sparse "
+        "(long prompts attend to the KV blocks an online estimate picks; decode is dense)")
+    add("--sparse-config", help="sparse attention parameters as JSON, e.g. "
+        "'{\"method\": \"vertical_slash\", \"density\": 0.2, \"min_len\": 2048}' "
+        "(methods: vertical_slash, block_topk, lsh); requests may override them")
     add("--context-strategy", help="default long-context strategy (default: reject)")
     add("--log-level", help="debug, info, warning, error (default info)")
 

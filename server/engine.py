@@ -6,6 +6,7 @@ after longserve's own (`longserve serve --dtype float32 ...`) means what it mean
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from argparse import Namespace
@@ -74,6 +75,7 @@ def export_policy_env(settings: Settings) -> None:
     """Settings the engine core's scheduler reads (it runs in a child process)."""
     import tempfile
 
+    from attention_backends.sparse.config import DEFAULT_ENV as ATTENTION_ENV
     from cache_policies.offload import ENV as OFFLOAD_ENV
     from cache_policies.offload import make_store
     from cache_policies.scheduler import RECOMPRESS_ENV
@@ -83,6 +85,16 @@ def export_policy_env(settings: Settings) -> None:
     os.environ[OFFLOAD_ENV] = settings.kv_offload
     os.environ[RECOMPRESS_ENV] = str(settings.kv_recompress_every)
     os.environ[STATS_ENV] = os.path.join(tempfile.mkdtemp(prefix="longserve-"), "kv-stats.json")
+    os.environ[ATTENTION_ENV] = json.dumps(deployment_attention(settings).applied())
+
+
+def deployment_attention(settings: Settings):
+    """The server's default attention (what a request that names none gets)."""
+    from server.openai.protocol import AttentionSpec
+
+    if settings.attention == "sparse":
+        return AttentionSpec(name="sparse", **settings.sparse_config)
+    return AttentionSpec(name="dense")
 
 
 def create_engine(args: Namespace, stat_loggers: list):

@@ -91,10 +91,39 @@ class KVPolicyCollector:
         return []
 
 
+class SparseAttentionCollector:
+    """Sparse prefill counters from the workers, per method."""
+
+    def collect(self):
+        import os
+
+        from prometheus_client.core import CounterMetricFamily
+
+        from attention_backends.sparse.stats import FIELDS, KIND
+        from cache_policies import stats
+
+        path = os.environ.get(stats.ENV)
+        rows = stats.read_workers(path, KIND, FIELDS) if path else {}
+        for field, doc in (
+                ("chunks", "prefill chunks that ran sparse attention (per layer)"),
+                ("tokens", "query tokens of those chunks (per layer)"),
+                ("pairs_attended", "query-key pairs computed by sparse prefill, over heads and layers"),
+                ("pairs_causal", "query-key pairs dense causal attention would have computed")):
+            family = CounterMetricFamily(f"longserve_sparse_{field}",
+                                         doc, labels=["method"])
+            for method, row in sorted(rows.items()):
+                family.add_metric([method], row[field])
+            yield family
+
+    def describe(self):
+        return []
+
+
 def _register_kv_collector() -> None:
     from prometheus_client import REGISTRY
 
     REGISTRY.register(KVPolicyCollector())
+    REGISTRY.register(SparseAttentionCollector())
 
 
 _register_kv_collector()

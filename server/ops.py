@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse, Response
 
 from cache_policies.registry import policy_names
 from server.context.registry import strategy_names
+from server.engine import deployment_attention
 from server.state import Phase, serving_or_503
 
 router = APIRouter()
@@ -55,6 +56,7 @@ async def info(request: Request):
         "context_strategies": strategy_names(),
         "defaults": {
             "kv_policy": {"name": settings.kv_policy, "budget": settings.kv_budget},
+            "attention": deployment_attention(settings).applied(),
             "context_strategy": settings.context_strategy,
         },
         "limits": {

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +56,12 @@ class Settings(BaseSettings):
     kv_offload: str = Field(
         "host", description="where retrieval policies move blocks out of the KV memory: "
         "none, host, or redis://HOST:PORT[/DB]")
+    attention: Literal["dense", "sparse"] = Field(
+        "dense", description="default prefill attention: dense, or sparse for long prompts")
+    sparse_config: dict = Field(
+        default_factory=dict, description="sparse attention parameters as JSON, e.g. "
+        '{"method": "vertical_slash", "density": 0.2, "min_len": 2048}; requests may '
+        "override them")
     context_strategy: str = Field("reject", description="default long-context strategy")
     log_level: str = "info"
 
@@ -69,6 +76,23 @@ class Settings(BaseSettings):
         from cache_policies.offload import check_spec
 
         return check_spec(value)
+
+    @field_validator("sparse_config", mode="before")
+    @classmethod
+    def _sparse(cls, value):
+        import json
+
+        from server.openai.protocol import AttentionSpec
+
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise ValueError("give a JSON object of sparse attention parameters")
+        AttentionSpec(name="sparse", **value)  # raises on unknown or invalid parameters
+        return value
 
     @field_validator("context_strategy")
     @classmethod

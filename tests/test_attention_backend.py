@@ -46,8 +46,8 @@ def attention_report(server, auth) -> dict:
 def test_every_attention_layer_runs_the_longserve_backend(server, auth, client, model_name):
     before = attention_report(server, auth)
     assert before["num_layers"] == 30
-    assert before["backends"] == {"attention_backends.policy_aware.cpu.PolicyAwareCPUBackend": 30}
-    assert before["impls"] == {"attention_backends.policy_aware.cpu.PolicyAwareCPUImpl": 30}
+    assert before["backends"] == {"attention_backends.sparse.cpu.SparseCPUBackend": 30}
+    assert before["impls"] == {"attention_backends.sparse.cpu.SparseCPUImpl": 30}
     client.chat.completions.create(model=model_name, max_tokens=5,
                                    messages=[{"role": "user", "content": "Hello"}])
     after = attention_report(server, auth)

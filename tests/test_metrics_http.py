@@ -49,8 +49,8 @@ def test_longserve_metrics_are_exported(server, auth, client, model_name):
     assert metric_value(text, "longserve_requests_total", endpoint="chat", kv_policy="full",
                         context_strategy="reject") >= 1
     assert metric_value(text, "longserve_build_info",
-                        attention_backend="attention_backends.policy_aware.cpu."
-                                          "PolicyAwareCPUBackend") == 1
+                        attention_backend="attention_backends.sparse.cpu."
+                                          "SparseCPUBackend") == 1
     assert "longserve_requests_in_flight" in text
 
 

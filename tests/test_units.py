@@ -158,7 +158,7 @@ def test_register_is_idempotent_and_takes_the_cpu_slot():
     register()
     register()
     slot = AttentionBackendEnum.CPU_ATTN
-    assert slot.get_path() == "attention_backends.policy_aware.cpu.PolicyAwareCPUBackend"
+    assert slot.get_path() == "attention_backends.sparse.cpu.SparseCPUBackend"
     backend = slot.get_class()
     assert backend.get_name() == "CPU_ATTN"  # vLLM maps layers back to the enum by name
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
@@ -180,7 +180,7 @@ def test_cpu_platform_selects_the_longserve_backend():
                                      block_size=128)
     # even when another backend is asked for, as `--attention-backend` would
     path = current_platform.get_attn_backend_cls(AttentionBackendEnum.FLEX_ATTENTION, config)
-    assert path == "attention_backends.policy_aware.cpu.PolicyAwareCPUBackend"
+    assert path == "attention_backends.sparse.cpu.SparseCPUBackend"
 
 
 # --- vLLM pin and internals -------------------------------------------------------------

@@ -36,13 +36,20 @@ class PolicyAwareImplMixin:
     ) -> torch.Tensor:
         if attn_metadata is not None:
             PolicyAwareImplMixin.forward_calls += 1
-        result = super().forward(  # type: ignore[misc]
-            layer, query, key, value, kv_cache, attn_metadata, output,
-            output_scale, output_block_scale,
-        )
+        result = self.attend(layer, query, key, value, kv_cache, attn_metadata, output,
+                             output_scale, output_block_scale)
         if attn_metadata is not None and RUNTIME.rows:
             RUNTIME.after_attention(self, layer, query, kv_cache, attn_metadata, output)
         return result
+
+    def attend(self, layer, query, key, value, kv_cache, attn_metadata, output,
+               output_scale=None, output_block_scale=None) -> torch.Tensor:
+        """The attention itself: the platform kernel's; a subclass may route some
+        requests elsewhere (sparse prefill)."""
+        return super().forward(  # type: ignore[misc]
+            layer, query, key, value, kv_cache, attn_metadata, output,
+            output_scale, output_block_scale,
+        )
 
     def read_blocks(self, layer, kv_cache: torch.Tensor, blocks: torch.Tensor,
                     length: int) -> tuple[torch.Tensor, torch.Tensor]:

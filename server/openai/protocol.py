@@ -1,6 +1,6 @@
 """Request schemas: vLLM's OpenAI requests plus longserve's extensions.
 
-`kv_policy` and `context_strategy` are validated here (a bad name is a 400 listing the
+`kv_policy`, `attention` and `context_strategy` are validated here (a bad name is a 400 listing the
 valid ones), filled with the server defaults by the route, carried to the engine in
 `SamplingParams.extra_args["longserve"]`, and echoed in the response's `longserve` field.
 """
@@ -8,13 +8,14 @@ valid ones), filled with the server defaults by the route, carried to the engine
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.renderers.params import TokenizeParams
 
+from attention_backends.sparse.config import SparseConfig
 from cache_policies.registry import make_config, policy_names
 from server.context.registry import check_name, strategy_names
 
@@ -42,6 +43,45 @@ class KVPolicySpec(BaseModel):
         return self
 
 
+class AttentionSpec(BaseModel):
+    """`"sparse"`, or `{"name": "sparse", "density": 0.2, ...}`: how prefill attends.
+
+    `dense` is the platform kernel; `sparse` estimates, per layer and KV head, which KV
+    blocks each query block needs and attends to those only, for sequences of at least
+    `min_len` tokens (decode stays dense). Parameters a request leaves out come from the
+    server's `--sparse-config`, then from the defaults."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: Literal["dense", "sparse"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _valid(self) -> AttentionSpec:
+        if self.name == "dense" and self.params():
+            raise ValueError(f"dense attention takes no parameters, got {sorted(self.params())}")
+        if "block" in self.params():
+            raise ValueError("block is the KV cache's block size (vLLM's --block-size), not a "
+                             "request parameter")
+        if self.name == "sparse":
+            SparseConfig.from_dict(self.params())
+        return self
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def applied(self) -> dict[str, Any]:
+        if self.name == "dense":
+            return {"name": "dense"}
+        values = SparseConfig.from_dict(self.params()).to_dict()
+        del values["block"]  # the engine's KV block size
+        return {"name": "sparse", **values}
+
+
 @dataclasses.dataclass(frozen=True)
 class _CountingTokenizeParams(TokenizeParams):
     """vLLM's tokenize params with a higher tokenization ceiling (see TOKENIZE_HEADROOM).
@@ -57,6 +97,9 @@ class _CountingTokenizeParams(TokenizeParams):
 class LongserveFields(BaseModel):
     kv_policy: KVPolicySpec | None = Field(
         None, description="KV cache policy for this request; default: the server's")
+    attention: AttentionSpec | None = Field(
+        None, description="prefill attention: dense or sparse (with parameters); default: "
+        "the server's")
     context_strategy: str | None = Field(
         None,
         description="what to do with a request longer than the context; one of: "
@@ -72,6 +115,7 @@ class LongserveFields(BaseModel):
         """What longserve applies to this request (after server defaults are filled in)."""
         return {
             "kv_policy": self.kv_policy.model_dump() if self.kv_policy else None,
+            "attention": self.attention.applied() if self.attention else None,
             "context_strategy": self.context_strategy,
         }
 

@@ -20,6 +20,7 @@ from vllm.entrypoints.serve.utils.api_utils import with_cancellation
 from server import metrics
 from server.errors import LongserveError, UnsupportedMediaType, count_error
 from server.openai.protocol import (
+    AttentionSpec,
     KVPolicySpec,
     LongserveChatCompletionRequest,
     LongserveCompletionRequest,
@@ -44,6 +45,7 @@ def _fill_defaults(request: LongserveFields, state) -> None:
         request.kv_policy = KVPolicySpec(name=settings.kv_policy, budget=settings.kv_budget)
     if request.context_strategy is None:
         request.context_strategy = settings.context_strategy
+    _fill_attention(request, state)
     cache_dtype = getattr(state.vllm_args, "kv_cache_dtype", "auto")
     if request.kv_policy.name != "full" and cache_dtype not in ("auto", None):
         raise LongserveError(
@@ -55,6 +57,29 @@ def _fill_defaults(request: LongserveFields, state) -> None:
         raise LongserveError(
             f"kv_policy {request.kv_policy.name!r} attends through longserve's CPU path and is "
             "not available on this platform yet; evict/merge policies are", param="kv_policy")
+
+
+def _fill_attention(request: LongserveFields, state) -> None:
+    """The request's attention, its sparse parameters over the server's `--sparse-config`."""
+    settings = state.settings
+    spec = request.attention or AttentionSpec(name=settings.attention)
+    if spec.name == "sparse":
+        spec = AttentionSpec(name="sparse", **{**settings.sparse_config, **spec.params()})
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu():
+            raise LongserveError(
+                "sparse attention runs on CPU engines only for now (its GPU Triton kernels "
+                "are tested at kernel level, not wired into the GPU backend); use dense",
+                param="attention")
+        if getattr(state.vllm_args, "kv_cache_dtype", "auto") not in ("auto", None):
+            raise LongserveError("sparse attention needs the KV cache in the model's dtype "
+                                 "(this server runs a quantized KV cache)", param="attention")
+        if spec.params().get("columns"):
+            raise LongserveError("columns (single vertical key positions) need the Triton "
+                                 "kernel; the CPU path attends verticals as whole KV blocks: "
+                                 "set columns to 0", param="attention")
+    request.attention = spec
 
 
 def _cpu_only_policy_ok(name: str) -> bool:

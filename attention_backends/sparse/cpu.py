@@ -1,0 +1,211 @@
+"""Sparse prefill on vLLM's CPU attention kernel.
+
+The pattern is chosen per KV head at the granularity of the KV cache's blocks, so no key
+or value is copied: each query block of a sparse chunk becomes one pseudo-request of the
+platform kernel whose block table lists only its selected physical blocks (ascending, the
+block holding its own queries last, partial up to its last query: the kernel's causal
+rule then gives each query exactly its selected keys). One kernel call per KV head, with
+that head's slice of the cache. Measured against gathering keys into PyTorch matmuls in
+BENCHMARKS.md (issue 6): this is the fast path.
+
+Requests that are not sparse this step (decode, short prompts, `dense`, KV-policy rows)
+run through the same kernel in one call, with scheduler metadata built for them alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+from vllm import _custom_ops as ops
+from vllm.v1.attention.backend import AttentionType
+
+from attention_backends.policy_aware.cpu import (
+    PolicyAwareCPUBackend, PolicyAwareCPUBuilder, PolicyAwareCPUImpl,
+)
+from attention_backends.sparse.config import DEFAULT_ENV, SparseConfig
+from attention_backends.sparse.patterns import make_estimator
+from attention_backends.sparse.stats import SPARSE_STATS
+from cache_policies.runtime import RUNTIME
+from kernels.sparse_attention import SparsePattern
+
+@dataclass
+class SparseRow:
+    start: int  # the request's tokens in the batch: start..end-1
+    end: int
+    q_offset: int  # tokens before the chunk (cached prefix, earlier chunks)
+    table: torch.Tensor  # physical block ids of the request, in order
+    config: SparseConfig
+
+
+@dataclass
+class SparseBatch:
+    rows: list[SparseRow]
+    dense: object | None  # CPUAttentionMetadata of the other requests, or None if none
+    dense_tokens: torch.Tensor | None  # their tokens' indices in the batch
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(spec: str) -> SparseConfig | None:
+    values = json.loads(spec)
+    if not values or values.pop("name", "dense") != "sparse":
+        return None
+    return SparseConfig.from_dict(values)
+
+
+def request_config(extra_args: dict | None) -> SparseConfig | None:
+    """The request's sparse config (as the server filled it in), else the deployment's."""
+    applied = ((extra_args or {}).get("longserve") or {}).get("attention")
+    if applied is None:
+        return _parse(os.environ.get(DEFAULT_ENV, "{}"))
+    return _parse(json.dumps(applied, sort_keys=True))
+
+
+class SparseCPUBuilder(PolicyAwareCPUBuilder):
+    def build(self, common_prefix_len, common_attn_metadata, fast_build=False):
+        metadata = super().build(common_prefix_len, common_attn_metadata, fast_build)
+        metadata.sparse = self._plan(metadata)
+        return metadata
+
+    def _plan(self, md) -> SparseBatch | None:
+        runner = RUNTIME.runner
+        if runner is None or not md.causal or self.window_size != -1:
+            return None
+        starts = md.query_start_loc.tolist()
+        seq_lens = md.seq_lens.tolist()
+        policy_rows = {r.row for r in RUNTIME.rows}
+        rows, dense = [], []
+        for row, req_id in enumerate(runner.input_batch.req_ids[: len(seq_lens)]):
+            start, end, n_keys = starts[row], starts[row + 1], seq_lens[row]
+            request = runner.requests.get(req_id)
+            config = request_config(request.sampling_params.extra_args
+                                    if request and request.sampling_params else None)
+            if (config is None or row in policy_rows or end - start < 2
+                    or n_keys < config.min_len):
+                dense.append(row)
+                continue
+            config = dataclasses.replace(config, block=self.block_size)
+            rows.append(SparseRow(start, end, n_keys - (end - start), md.block_table[row], config))
+        if not rows:
+            return None
+        return SparseBatch(rows, *self._dense_part(md, dense))
+
+    def _dense_part(self, md, dense: list[int]):
+        if not dense:
+            return None, None
+        index = torch.tensor(dense)
+        lengths = (md.query_start_loc[1:] - md.query_start_loc[:-1])[index]
+        tokens = torch.cat([torch.arange(int(md.query_start_loc[r]), int(md.query_start_loc[r + 1]))
+                            for r in dense])
+        query_start_loc = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(md.query_start_loc.dtype)
+        seq_lens = md.seq_lens[index]
+        scheduler = ops.cpu_attn_get_scheduler_metadata(
+            num_reqs=len(dense), num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+            head_dim=self.head_dim, seq_lens=seq_lens, dtype=self.dtype,
+            query_start_loc=query_start_loc, causal=True, sliding_window_size=-1, isa=self.isa,
+            enable_kv_split=False, kv_cache_dtype=self.kv_cache_dtype)
+        sub = dataclasses.replace(
+            md, num_actual_tokens=len(tokens), max_query_len=int(lengths.max()),
+            query_start_loc=query_start_loc, max_seq_len=int(seq_lens.max()), seq_lens=seq_lens,
+            block_table=md.block_table[index], slot_mapping=md.slot_mapping[tokens],
+            scheduler_metadata=scheduler)
+        return sub, tokens
+
+
+class SparseCPUImpl(PolicyAwareCPUImpl):
+    def attend(self, layer, query, key, value, kv_cache, attn_metadata, output,
+               output_scale=None, output_block_scale=None):
+        batch = getattr(attn_metadata, "sparse", None)
+        if (batch is None or self.attn_type != AttentionType.DECODER or self.alibi_slopes is not None
+                or self.logits_soft_cap or self.sinks is not None or self.is_fp8_kv_cache):
+            return super().attend(layer, query, key, value, kv_cache, attn_metadata, output,
+                                  output_scale, output_block_scale)
+        if batch.dense is not None:
+            tokens = batch.dense_tokens
+            dense_out = torch.empty_like(output[tokens])
+            super().attend(layer, query[tokens], key[tokens], value[tokens], kv_cache,
+                           batch.dense, dense_out)
+            output[tokens] = dense_out
+        for row in batch.rows:
+            self._sparse_prefill(layer, query, key, kv_cache, row, output)
+        return output
+
+    def _keys(self, layer, key, kv_cache, row: SparseRow) -> torch.Tensor:
+        """(n_keys, kv_heads, dim): the cached prefix read back, then the chunk's keys."""
+        chunk = key[row.start: row.end]
+        if row.q_offset == 0:
+            return chunk
+        block = kv_cache.shape[2]
+        prefix, _ = self.read_blocks(layer, kv_cache, row.table[: -(-row.q_offset // block)],
+                                     row.q_offset)
+        return torch.cat([prefix.transpose(0, 1).to(chunk.dtype), chunk])
+
+    def _sparse_prefill(self, layer, query, key, kv_cache, row: SparseRow, output) -> None:
+        q = query[row.start: row.end]
+        pattern = make_estimator(row.config).estimate(
+            q, self._keys(layer, key, kv_cache, row), row.q_offset, self.scale, per_kv_head=True)
+        attended = paged_sparse_attention(
+            q, kv_cache, row.table, pattern, self.scale, layer.isa, output[row.start: row.end],
+            kv_cache_dtype=self.kv_cache_dtype, k_scale=layer._k_scale_float,
+            v_scale=layer._v_scale_float)
+        n_q = row.end - row.start
+        causal = n_q * row.q_offset + n_q * (n_q + 1) // 2
+        SPARSE_STATS.add(row.config.method, chunks=1, tokens=n_q, pairs_attended=attended,
+                         pairs_causal=causal * self.num_heads)
+
+
+def paged_sparse_attention(q: torch.Tensor, kv_cache: torch.Tensor, table: torch.Tensor,
+                           pattern: SparsePattern, scale: float, isa: str, out: torch.Tensor,
+                           kv_cache_dtype: str = "auto", k_scale: float = 1.0,
+                           v_scale: float = 1.0) -> int:
+    """Sparse causal attention of one request's chunk through vLLM's CPU kernel.
+
+    q (n_q, heads, dim), the chunk at positions pattern.q_offset..; kv_cache vLLM's CPU
+    layout (blocks, kv_heads, block_size, 2 * dim) already holding the chunk's keys and
+    values; table the request's physical block ids; pattern one per KV head, at the cache's
+    block size. Writes out (n_q, heads, dim); returns the query-key pairs computed."""
+    n_q, heads, dim = q.shape
+    blocks, kv_heads, block_size = kv_cache.shape[:3]
+    key_cache, value_cache = kv_cache.view(blocks, kv_heads, 2 * block_size, -1).chunk(2, dim=2)
+    group = heads // kv_heads
+    first = pattern.q_offset // block_size
+    positions = torch.arange(first, first + pattern.blocks.shape[1]) * block_size
+    q_first = positions.clamp(min=pattern.q_offset)
+    q_last = (positions + block_size).clamp(max=pattern.q_offset + n_q) - 1
+    lengths = q_last - q_first + 1
+    query_start_loc = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).int()
+    attended = 0
+    for h in range(kv_heads):
+        chosen = pattern.blocks[h]  # (q_blocks, k) ascending, -1 pads last
+        counts = (chosen >= 0).sum(1)
+        seq_lens = ((counts - 1) * block_size + q_last % block_size + 1).int()
+        heads_of = slice(h * group, (h + 1) * group)
+        part = torch.empty(n_q, group, dim, dtype=out.dtype)
+        scheduler = ops.cpu_attn_get_scheduler_metadata(
+            num_reqs=len(seq_lens), num_heads=group, num_kv_heads=1, head_dim=dim,
+            seq_lens=seq_lens, dtype=q.dtype, query_start_loc=query_start_loc, causal=True,
+            sliding_window_size=-1, isa=isa, enable_kv_split=False, kv_cache_dtype=kv_cache_dtype)
+        ops.cpu_attention_with_kv_cache(
+            query=q[:, heads_of].contiguous(), key_cache=key_cache[:, h: h + 1],
+            value_cache=value_cache[:, h: h + 1], output=part, query_start_loc=query_start_loc,
+            seq_lens=seq_lens, scale=scale, causal=True, alibi_slopes=None, sliding_window=-1,
+            block_table=table[chosen.clamp(min=0)].int(), softcap=0,
+            scheduler_metadata=scheduler, s_aux=None, k_scale=k_scale, v_scale=v_scale,
+            kv_cache_dtype=kv_cache_dtype)
+        out[:, heads_of] = part
+        attended += group * int((lengths * (seq_lens - lengths) + lengths * (lengths + 1) // 2).sum())
+    return attended
+
+
+class SparseCPUBackend(PolicyAwareCPUBackend):
+    @staticmethod
+    def get_impl_cls() -> type[SparseCPUImpl]:
+        return SparseCPUImpl
+
+    @staticmethod
+    def get_builder_cls() -> type[SparseCPUBuilder]:
+        return SparseCPUBuilder

@@ -1,0 +1,89 @@
+"""What every pattern estimator shares: block budgets, causality, sink and local blocks.
+
+A method implements `scores` (per block, higher = more worth attending, and optionally
+vertical columns); the base turns them into a `SparsePattern` within the budget.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attention_backends.sparse.config import SparseConfig
+from kernels.sparse_attention import SparsePattern
+
+
+def query_blocks(q_offset: int, n_q: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and last position of each query block (blocks aligned to absolute positions,
+    the first one partial when the chunk starts mid-block): two (q_blocks,) tensors."""
+    first_block = q_offset // block
+    blocks = (q_offset + n_q - 1) // block - first_block + 1
+    starts = (first_block + torch.arange(blocks)) * block
+    return starts.clamp(min=q_offset), (starts + block).clamp(max=q_offset + n_q) - 1
+
+
+def pool(x: torch.Tensor, block: int, offset: int = 0) -> torch.Tensor:
+    """(heads, n, dim) -> (heads, blocks, dim): the mean over each aligned block of
+    positions, x[:, 0] being at position `offset`."""
+    heads, n, dim = x.shape
+    lead = offset % block
+    padded = torch.nn.functional.pad(x, (0, 0, lead, -(n + lead) % block))
+    sums = padded.view(heads, -1, block, dim).sum(2)
+    counts = torch.ones(n + lead).index_fill_(0, torch.arange(lead), 0)
+    counts = torch.nn.functional.pad(counts, (0, -(n + lead) % block)).view(-1, block).sum(1)
+    return sums / counts[None, :, None]
+
+
+def expand_heads(k: torch.Tensor, heads: int) -> torch.Tensor:
+    """(n, kv_heads, dim) -> (heads, n, dim), each KV head repeated for its query heads."""
+    return k.transpose(0, 1).repeat_interleave(heads // k.shape[1], 0)
+
+
+class PatternEstimator:
+    def __init__(self, config: SparseConfig) -> None:
+        self.config = config
+
+    def scores(self, q: torch.Tensor, k: torch.Tensor, q_offset: int,
+               scale: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Block scores (heads, q_blocks, key_blocks), higher = more worth attending, and
+        optionally vertical columns (heads, n) key positions every later query attends.
+        q (n_q, heads, dim), k (n_keys, kv_heads, dim)."""
+        raise NotImplementedError
+
+    def estimate(self, q: torch.Tensor, k: torch.Tensor, q_offset: int, scale: float,
+                 per_kv_head: bool = False) -> SparsePattern:
+        """The pattern for a chunk of queries at positions q_offset.. over keys 0..n_keys-1;
+        with `per_kv_head` one pattern per KV head, from its query heads' summed scores
+        (kernels that read each KV block once for the whole group need that)."""
+        block_scores, columns = self.scores(q, k, q_offset, scale)
+        if per_kv_head:
+            kv_heads = k.shape[1]
+            block_scores = block_scores.view(kv_heads, -1, *block_scores.shape[1:]).sum(1)
+            if columns is not None and columns.shape[1]:
+                raise ValueError("vertical columns are per query head; set columns=0 for "
+                                 "a per-KV-head pattern")
+            columns = None
+        blocks = self.select_blocks(block_scores.float(), q_offset, q.shape[0], k.shape[0])
+        if columns is None:
+            columns = torch.empty(blocks.shape[0], 0, dtype=torch.long)
+        return SparsePattern(self.config.block, q_offset, blocks, columns.sort(dim=1).values)
+
+    def select_blocks(self, scores: torch.Tensor, q_offset: int, n_q: int,
+                      n_keys: int) -> torch.Tensor:
+        """(heads, q_blocks, k) ascending key-block ids, -1 pads: per query block the sink
+        and local blocks, then the best-scored causal blocks up to ceil(density * causal)."""
+        cfg, block = self.config, self.config.block
+        key_blocks = scores.shape[2]
+        starts, lasts = query_blocks(q_offset, n_q, block)
+        last_block = lasts // block
+        b = torch.arange(key_blocks)
+        causal = b[None, :] <= last_block[:, None]  # (q_blocks, key_blocks)
+        forced = causal & ((b[None, :] < -(-cfg.sink // block))
+                           | (b[None, :] >= ((starts - cfg.local).clamp(min=0) // block)[:, None]))
+        budget = torch.maximum(forced.sum(1),
+                               torch.ceil(cfg.density * (last_block + 1)).long())  # (q_blocks,)
+        ranked = scores.masked_fill(forced, float("inf")).masked_fill(~causal, float("-inf"))
+        top = ranked.topk(int(budget.max()), dim=2).indices  # (heads, q_blocks, k)
+        keep = torch.arange(top.shape[2])[None, :] < budget[:, None]
+        chosen = torch.where(keep, top, key_blocks)  # past-the-end sorts last
+        chosen = chosen.sort(dim=2).values
+        return torch.where(chosen == key_blocks, -1, chosen)
