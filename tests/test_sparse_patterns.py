@@ -1,0 +1,129 @@
+"""Pattern estimators (attention_backends/sparse/patterns): the budget, causality, sink and
+local blocks they promise, that each finds what its rule is for, and the CPU fast path
+(vLLM's kernel over per-query-block block tables) against the reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from attention_backends.sparse.config import SparseConfig
+from attention_backends.sparse.patterns import make_estimator
+from attention_backends.sparse.patterns.base import query_blocks
+from kernels.sparse_attention import naive
+
+METHODS = ["vertical_slash", "block_topk", "lsh"]
+HEADS, KV_HEADS, DIM, BLOCK = 6, 2, 32, 32
+
+
+def random_qk(n_keys, q_offset, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(n_keys - q_offset, HEADS, DIM, generator=gen),
+            torch.randn(n_keys, KV_HEADS, DIM, generator=gen))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("n_keys,q_offset", [(640, 0), (650, 300)])
+def test_budget_causality_sink_and_local(method, n_keys, q_offset):
+    config = SparseConfig(method=method, density=0.25, block=BLOCK, sink=32, local=64, last_q=16)
+    q, k = random_qk(n_keys, q_offset)
+    pattern = make_estimator(config).estimate(q, k, q_offset, 0.2)
+    starts, lasts = query_blocks(q_offset, q.shape[0], BLOCK)
+    for j, (start, last) in enumerate(zip(starts.tolist(), lasts.tolist())):
+        causal = last // BLOCK + 1
+        forced = {0} | set(range(max(0, start - 64) // BLOCK, causal))
+        for h in range(HEADS):
+            chosen = [b for b in pattern.blocks[h, j].tolist() if b >= 0]
+            assert chosen == sorted(set(chosen))
+            assert max(chosen) < causal  # nothing from the future
+            assert forced <= set(chosen)
+            assert len(chosen) == max(len(forced), math.ceil(0.25 * causal))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_density_one_selects_every_block(method):
+    q, k = random_qk(500, 130)
+    pattern = make_estimator(SparseConfig(method=method, density=1.0, block=BLOCK)).estimate(
+        q, k, 130, 0.2)
+    assert pattern.density(q.shape[0]) == 1.0
+
+
+def planted(kind: str, seed=1):
+    """Queries and keys where one far key block clearly matters: a block of keys aligned
+    with every query (vertical), or keys that repeat the queries at a fixed distance
+    (slash)."""
+    q, k = random_qk(1024, 0, seed)
+    q, k = q * 0.3, k * 0.3
+    direction = torch.randn(DIM)
+    if kind == "vertical":
+        q += direction
+        k[200:232] += 3 * direction  # key block 6
+        return q, k, 6
+    k[:-256] += 2 * q[256:, ::3]  # key t looks like query t + 256: a slash at offset 256
+    return q, k, None
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_block_every_query_needs_is_selected(method):
+    q, k, block = planted("vertical")
+    config = SparseConfig(method=method, density=0.25, block=BLOCK, sink=32, local=32, last_q=32)
+    pattern = make_estimator(config).estimate(q, k, 0, DIM ** -0.5, per_kv_head=True)
+    late = pattern.blocks[:, 16:]  # query blocks far past it
+    assert (late == block).any(-1).float().mean() > 0.9
+
+
+def test_vertical_slash_follows_a_slash():
+    q, k, _ = planted("slash")
+    config = SparseConfig(density=0.3, block=BLOCK, sink=32, local=32, last_q=64)
+    pattern = make_estimator(config).estimate(q, k, 0, DIM ** -0.5, per_kv_head=True)
+    # query block j reads keys 256 earlier: key blocks j - 8 (and j - 9 across the edge)
+    hits = [((pattern.blocks[:, j] == j - 8) | (pattern.blocks[:, j] == j - 9)).any(-1)
+            for j in range(16, 32)]
+    assert torch.stack(hits).float().mean() > 0.9
+
+
+def test_config_errors_say_what_is_wrong():
+    with pytest.raises(ValueError, match="unknown sparse method 'nope'"):
+        SparseConfig(method="nope")
+    with pytest.raises(ValueError, match="density must be in"):
+        SparseConfig(density=0)
+    with pytest.raises(ValueError, match="unknown sparse attention parameter"):
+        SparseConfig.from_dict({"desnity": 0.5})
+    with pytest.raises(ValueError, match="min_len must be int"):
+        SparseConfig(min_len="4k")
+
+
+# --- the CPU fast path: vLLM's kernel with per-query-block block tables -----------------
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("n_keys,q_offset", [(1000, 0), (1100, 640), (1000, 700)],
+                         ids=["prompt", "aligned-chunk", "unaligned-chunk"])
+def test_cpu_path_matches_reference(method, n_keys, q_offset):
+    from vllm import _custom_ops as ops
+    from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+    from attention_backends.sparse.cpu import paged_sparse_attention
+
+    block, heads, kv_heads, dim = 128, 9, 3, 64
+    gen = torch.Generator().manual_seed(7)
+    q = torch.randn(n_keys - q_offset, heads, dim, generator=gen).bfloat16()
+    k = torch.randn(n_keys, kv_heads, dim, generator=gen).bfloat16()
+    v = torch.randn(n_keys, kv_heads, dim, generator=gen).bfloat16()
+    isa = _get_attn_isa(torch.bfloat16, block, dim)
+    blocks = -(-n_keys // block)
+    table = torch.randperm(blocks + 4, generator=gen)[:blocks]  # scattered physical blocks
+    cache = torch.zeros(blocks + 4, kv_heads, block, 2 * dim, dtype=torch.bfloat16)
+    key_cache, value_cache = cache.view(blocks + 4, kv_heads, 2 * block, dim).chunk(2, dim=2)
+    slots = table.repeat_interleave(block)[:n_keys] * block + torch.arange(n_keys) % block
+    ops.cpu_attn_reshape_and_cache(k, v, key_cache, value_cache, slots, isa)
+
+    config = SparseConfig(method=method, density=0.3, block=block, sink=64, local=128)
+    pattern = make_estimator(config).estimate(q, k, q_offset, 0.125, per_kv_head=True)
+    out = torch.empty_like(q)
+    attended = paged_sparse_attention(q, cache, table, pattern, 0.125, isa, out)
+    expected = naive.sparse_attention(q, k, v, pattern, 0.125)
+    torch.testing.assert_close(out.float(), expected.float(), atol=2e-2, rtol=0)
+    assert attended == int(pattern.expand(heads).mask(q.shape[0]).sum())
+    assert pattern.density(q.shape[0]) < 0.95
