@@ -1,4 +1,4 @@
-"""`longserve bench quality | load | compare | plot`."""
+"""`longserve bench quality | load | compare | policies | capacity | sparse | plot`."""
 
 from __future__ import annotations
 
@@ -161,6 +161,31 @@ def policies(args) -> dict:
     return result
 
 
+def sparse(args) -> dict:
+    from loadtests.quality import samples_as_dicts
+    from loadtests.sparse import parse_runs, run_sparse, sparse_markdown, sparse_summary
+    from loadtests.tasks import build_samples
+
+    model, root = _server_model(args.url, args.api_key)
+    samples = build_samples(args.tasks.split(","), [int(x) for x in args.lengths.split(",")],
+                            args.samples, args.seed, _tokenizer(args, root))
+    runs = parse_runs(args.runs, args.sparse_config)
+    records = asyncio.run(run_sparse(args.url, args.model or model, samples, runs,
+                                     api_key=args.api_key, progress=not args.no_progress))
+    rows = sparse_summary(records)
+    result = {"config": {"url": args.url, "model": args.model or model, "tasks": args.tasks,
+                         "lengths": args.lengths, "samples": args.samples, "seed": args.seed,
+                         "runs": args.runs, "sparse_config": args.sparse_config,
+                         "label": args.label},
+              "rows": rows, "records": records, "prompts": samples_as_dicts(samples)}
+    out = args.out / args.label
+    report.write_json(out / "sparse.json", result)
+    md = sparse_markdown(rows, f"sparse prefill vs dense: {args.label}")
+    (out / "sparse.md").write_text(md)
+    print(md)
+    return result
+
+
 def capacity(args) -> list[dict]:
     from loadtests.capacity import capacity_markdown, run_capacity
     from loadtests.policies import parse_runs
@@ -224,6 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     pm.add_argument("--policies", default="streaming,snapkv,h2o,tova,kvmerger,d2o")
     pm.add_argument("--budgets", default="0.5,0.35,0.2",
                     help="ratios of the prompt (with a dot) or token counts")
+    sp = sub.add_parser("sparse", help="sparse prefill attention vs dense: TTFT, prefill "
+                        "throughput, score and fidelity on the same prompts, one run")
+    _common(sp)
+    _quality_args(sp)
+    sp.add_argument("--runs", default="vertical_slash@0.2",
+                    help="sparse runs as METHOD@DENSITY, comma-separated (dense always runs)")
+    sp.add_argument("--sparse-config", type=json.loads, default={},
+                    help='parameters added to every sparse run, e.g. \'{"min_len": 1024}\'')
     cp = sub.add_parser("capacity", help="requests in flight and throughput at fixed KV "
                         "memory: full vs KV policies")
     _common(cp)
@@ -251,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         policies(args)
     elif args.bench == "capacity":
         capacity(args)
+    elif args.bench == "sparse":
+        sparse(args)
     elif args.bench == "compare":
         return compare(args)
     else:

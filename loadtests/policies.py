@@ -77,9 +77,10 @@ async def run_matrix(url: str, model: str, samples: list[Sample], runs: list[Pol
     return records
 
 
-def matrix_summary(records: dict[str, list[dict]]) -> list[dict]:
-    """One row per run and prompt length: score, share of the full-cache score, fidelity."""
-    full = records[FULL.label]
+def matrix_summary(records: dict[str, list[dict]], reference: str = FULL.label) -> list[dict]:
+    """One row per run and prompt length: score, share of the reference run's score
+    (the full cache), fidelity against it."""
+    full = records[reference]
     rows = []
     for label, recs in records.items():
         lengths = sorted({r["length"] for r in recs})

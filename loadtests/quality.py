@@ -17,7 +17,10 @@ REQUEST_EXTRAS = {"add_generation_prompt": False, "continue_final_message": True
                   "return_token_ids": True}
 
 
-async def _ask(client, model: str, sample: Sample, extra_body: dict) -> dict:
+async def _ask(client, model: str, sample: Sample, extra_body: dict,
+               stream: bool = False) -> dict:
+    """One sample, greedy. With `stream`, the record also holds `ttft_s` (time to the
+    first generated token)."""
     import openai
 
     started = time.perf_counter()
@@ -26,11 +29,23 @@ async def _ask(client, model: str, sample: Sample, extra_body: dict) -> dict:
     try:
         resp = await client.chat.completions.create(
             model=model, messages=sample.messages, max_tokens=sample.max_tokens, temperature=0,
-            extra_body={**REQUEST_EXTRAS, **extra_body},
+            extra_body={**REQUEST_EXTRAS, **extra_body}, stream=stream,
         )
-        choice = resp.choices[0]
-        prediction = choice.message.content or ""
-        record.update(prediction=prediction, tokens=(choice.model_extra or {}).get("token_ids") or [],
+        if stream:
+            prediction, tokens = "", []
+            async for chunk in resp:
+                if not chunk.choices:
+                    continue
+                new = (chunk.choices[0].model_extra or {}).get("token_ids") or []
+                if new and not tokens:
+                    record["ttft_s"] = time.perf_counter() - started
+                tokens += new
+                prediction += chunk.choices[0].delta.content or ""
+        else:
+            choice = resp.choices[0]
+            prediction = choice.message.content or ""
+            tokens = (choice.model_extra or {}).get("token_ids") or []
+        record.update(prediction=prediction, tokens=tokens,
                       score=score(prediction, sample.answers, sample.metric), error=None)
     except openai.APIStatusError as exc:
         record.update(prediction="", tokens=[], score=0.0,

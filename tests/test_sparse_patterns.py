@@ -42,6 +42,17 @@ def test_budget_causality_sink_and_local(method, n_keys, q_offset):
             assert len(chosen) == max(len(forced), math.ceil(0.25 * causal))
 
 
+def test_the_prompt_tail_attends_densely():
+    """The query blocks holding the last `dense_tail` queries read every causal block;
+    the others keep their budget."""
+    q, k = random_qk(650, 300)
+    estimator = make_estimator(SparseConfig(density=0.2, block=BLOCK, sink=32, local=32))
+    pattern = estimator.estimate(q, k, 300, 0.2, dense_tail=40)
+    valid = (pattern.blocks >= 0).sum(-1)  # (heads, q_blocks)
+    assert (valid[:, -2:] == torch.tensor([20, 21])).all()  # queries 610..649: blocks 19, 20
+    assert (valid[:, :-2] < torch.arange(10, 20)).all()  # blocks 9..18: 10..19 causal
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_density_one_selects_every_block(method):
     q, k = random_qk(500, 130)

@@ -61,7 +61,7 @@ def test_extensions_travel_in_extra_args():
     params = req.to_sampling_params(16, {})
     assert params.extra_args == {
         "other": 1,
-        "longserve": {"kv_policy": {"name": "full", "budget": None},
+        "longserve": {"kv_policy": {"name": "full", "budget": None}, "attention": None,
                       "context_strategy": "reject"},
     }
 
@@ -238,6 +238,9 @@ def test_error_mapper(exc, status, type_):
     (["serve", "--no-such-flag", "3"], "unrecognized arguments: --no-such-flag"),
     (["serve", "--kv-policy", "bogus"], "unknown kv_policy 'bogus'; valid names: actqkv, chunkkv, d2o"),
     (["serve", "--kv-cache-memory", "lots"], "--kv-cache-memory"),
+    (["serve", "--attention", "flash"], "--attention: Input should be 'dense' or 'sparse'"),
+    (["serve", "--sparse-config", "density=0.3"], "--sparse-config: not JSON"),
+    (["serve", "--sparse-config", '{"density": 3}'], "density must be in (0, 1], got 3"),
 ])
 def test_serve_rejects_bad_flags_before_loading_anything(capsys, argv, fragment):
     from server.cli import main
@@ -265,3 +268,54 @@ def test_policies_need_the_model_kv_dtype(name, dtype, allowed):
     else:
         with pytest.raises(LongserveError, match="--kv-cache-dtype"):
             _fill_defaults(request, state)
+
+
+def _state(**settings):
+    from argparse import Namespace
+    from types import SimpleNamespace
+
+    return SimpleNamespace(settings=Settings(**settings), vllm_args=Namespace(kv_cache_dtype="auto"))
+
+
+@pytest.mark.parametrize("server, requested, applied", [
+    ({}, None, {"name": "dense"}),
+    ({"attention": "sparse"}, None, {"name": "sparse", "method": "vertical_slash", "density": 0.2}),
+    ({"attention": "sparse", "sparse_config": '{"density": 0.3}'}, "dense", {"name": "dense"}),
+    ({"sparse_config": {"density": 0.3}}, {"name": "sparse", "method": "lsh"},
+     {"name": "sparse", "method": "lsh", "density": 0.3}),
+    ({"attention": "sparse", "sparse_config": {"density": 0.3}}, {"name": "sparse", "density": 0.5},
+     {"name": "sparse", "method": "vertical_slash", "density": 0.5}),
+], ids=["dense-default", "sparse-default", "request-dense", "request-over-config",
+        "request-wins"])
+def test_attention_request_over_server_defaults(server, requested, applied):
+    from server.openai.routes import _fill_defaults
+
+    request = chat_request(**({"attention": requested} if requested else {}))
+    _fill_defaults(request, _state(**server))
+    got = request.applied()["attention"]
+    assert {k: got[k] for k in applied} == applied
+
+
+def test_sparse_needs_the_model_kv_dtype():
+    from argparse import Namespace
+    from types import SimpleNamespace
+
+    from server.errors import LongserveError
+    from server.openai.routes import _fill_defaults
+
+    state = SimpleNamespace(settings=Settings(), vllm_args=Namespace(kv_cache_dtype="fp8"))
+    with pytest.raises(LongserveError, match="quantized KV cache"):
+        _fill_defaults(chat_request(attention="sparse"), state)
+
+
+def test_workers_read_the_request_then_the_deployment_default(monkeypatch):
+    from attention_backends.sparse.config import DEFAULT_ENV
+    from attention_backends.sparse.cpu import request_config
+
+    monkeypatch.setenv(DEFAULT_ENV, '{"name": "sparse", "method": "lsh", "density": 0.4}')
+    assert request_config(None).method == "lsh"  # a request that did not pass the server
+    assert request_config({"longserve": {"attention": {"name": "dense"}}}) is None
+    config = request_config({"longserve": {"attention": {"name": "sparse", "density": 0.7}}})
+    assert (config.method, config.density) == ("vertical_slash", 0.7)
+    monkeypatch.setenv(DEFAULT_ENV, '{"name": "dense"}')
+    assert request_config({"longserve": {"kv_policy": None}}) is None

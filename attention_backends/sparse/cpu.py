@@ -40,6 +40,7 @@ class SparseRow:
     q_offset: int  # tokens before the chunk (cached prefix, earlier chunks)
     table: torch.Tensor  # physical block ids of the request, in order
     config: SparseConfig
+    ends_prompt: bool  # the chunk holds the prompt's last tokens
 
 
 @dataclass
@@ -84,12 +85,13 @@ class SparseCPUBuilder(PolicyAwareCPUBuilder):
             request = runner.requests.get(req_id)
             config = request_config(request.sampling_params.extra_args
                                     if request and request.sampling_params else None)
-            if (config is None or row in policy_rows or end - start < 2
+            if (request is None or config is None or row in policy_rows or end - start < 2
                     or n_keys < config.min_len):
                 dense.append(row)
                 continue
             config = dataclasses.replace(config, block=self.block_size)
-            rows.append(SparseRow(start, end, n_keys - (end - start), md.block_table[row], config))
+            rows.append(SparseRow(start, end, n_keys - (end - start), md.block_table[row], config,
+                                  n_keys >= request.num_prompt_tokens))
         if not rows:
             return None
         return SparseBatch(rows, *self._dense_part(md, dense))
@@ -147,7 +149,8 @@ class SparseCPUImpl(PolicyAwareCPUImpl):
     def _sparse_prefill(self, layer, query, key, kv_cache, row: SparseRow, output) -> None:
         q = query[row.start: row.end]
         pattern = make_estimator(row.config).estimate(
-            q, self._keys(layer, key, kv_cache, row), row.q_offset, self.scale, per_kv_head=True)
+            q, self._keys(layer, key, kv_cache, row), row.q_offset, self.scale, per_kv_head=True,
+            dense_tail=row.config.last_q if row.ends_prompt else 0)
         attended = paged_sparse_attention(
             q, kv_cache, row.table, pattern, self.scale, layer.isa, output[row.start: row.end],
             kv_cache_dtype=self.kv_cache_dtype, k_scale=layer._k_scale_float,

@@ -50,10 +50,12 @@ class PatternEstimator:
         raise NotImplementedError
 
     def estimate(self, q: torch.Tensor, k: torch.Tensor, q_offset: int, scale: float,
-                 per_kv_head: bool = False) -> SparsePattern:
+                 per_kv_head: bool = False, dense_tail: int = 0) -> SparsePattern:
         """The pattern for a chunk of queries at positions q_offset.. over keys 0..n_keys-1;
         with `per_kv_head` one pattern per KV head, from its query heads' summed scores
-        (kernels that read each KV block once for the whole group need that)."""
+        (kernels that read each KV block once for the whole group need that). The query
+        blocks holding the chunk's last `dense_tail` queries attend to every causal block
+        (the end of a prompt: the question, and the queries that produce the answer)."""
         block_scores, columns = self.scores(q, k, q_offset, scale)
         if per_kv_head:
             kv_heads = k.shape[1]
@@ -62,13 +64,14 @@ class PatternEstimator:
                 raise ValueError("vertical columns are per query head; set columns=0 for "
                                  "a per-KV-head pattern")
             columns = None
-        blocks = self.select_blocks(block_scores.float(), q_offset, q.shape[0], k.shape[0])
+        blocks = self.select_blocks(block_scores.float(), q_offset, q.shape[0], k.shape[0],
+                                    dense_tail)
         if columns is None:
             columns = torch.empty(blocks.shape[0], 0, dtype=torch.long)
         return SparsePattern(self.config.block, q_offset, blocks, columns.sort(dim=1).values)
 
     def select_blocks(self, scores: torch.Tensor, q_offset: int, n_q: int,
-                      n_keys: int) -> torch.Tensor:
+                      n_keys: int, dense_tail: int = 0) -> torch.Tensor:
         """(heads, q_blocks, k) ascending key-block ids, -1 pads: per query block the sink
         and local blocks, then the best-scored causal blocks up to ceil(density * causal)."""
         cfg, block = self.config, self.config.block
@@ -81,6 +84,7 @@ class PatternEstimator:
                            | (b[None, :] >= ((starts - cfg.local).clamp(min=0) // block)[:, None]))
         budget = torch.maximum(forced.sum(1),
                                torch.ceil(cfg.density * (last_block + 1)).long())  # (q_blocks,)
+        budget = torch.where(lasts >= q_offset + n_q - dense_tail, last_block + 1, budget)
         ranked = scores.masked_fill(forced, float("inf")).masked_fill(~causal, float("-inf"))
         top = ranked.topk(int(budget.max()), dim=2).indices  # (heads, q_blocks, k)
         keep = torch.arange(top.shape[2])[None, :] < budget[:, None]

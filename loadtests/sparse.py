@@ -1,0 +1,97 @@
+"""`longserve bench sparse`: sparse prefill attention against dense on the same prompts in
+one run: TTFT, prefill throughput, task score and fidelity.
+
+Every sample is sent once per run (dense first on even samples, last on odd ones, so a
+drift of the machine's speed falls on both), one request at a time, each with a fresh
+`cache_salt` so that every prefill is cold. TTFT is the time to the first generated token
+over the streamed response; prefill throughput is prompt tokens / TTFT. The TTFT ratio is
+the geometric mean over samples of dense TTFT / run TTFT.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+
+from loadtests.policies import matrix_summary
+from loadtests.quality import _ask
+from loadtests.tasks import Sample
+
+DENSE = "dense"
+
+
+@dataclass(frozen=True)
+class AttentionRun:
+    label: str
+    attention: dict
+
+    def body(self) -> dict:
+        return {"attention": self.attention, "cache_salt": uuid.uuid4().hex}
+
+
+def parse_runs(spec: str, extra: dict | None = None) -> list[AttentionRun]:
+    """`vertical_slash@0.2,lsh@0.3` -> sparse runs (method@density), `extra` parameters
+    added to each; the dense run first."""
+    runs = [AttentionRun(DENSE, {"name": "dense"})]
+    for item in spec.split(","):
+        method, _, density = item.partition("@")
+        attention = {"name": "sparse", "method": method, **(extra or {})}
+        if density:
+            attention["density"] = float(density)
+        runs.append(AttentionRun(item, attention))
+    return runs
+
+
+async def run_sparse(url: str, model: str, samples: list[Sample], runs: list[AttentionRun], *,
+                     api_key: str | None, progress: bool = True) -> dict[str, list[dict]]:
+    from openai import AsyncOpenAI
+    from tqdm import tqdm
+
+    client = AsyncOpenAI(base_url=url.rstrip("/") + "/v1", api_key=api_key or "none",
+                         max_retries=0, timeout=3600)
+    records: dict[str, list[dict]] = {run.label: [] for run in runs}
+    try:
+        with tqdm(total=len(samples) * len(runs), desc="sparse", unit="request",
+                  disable=not progress) as bar:
+            for i, sample in enumerate(samples):
+                for run in runs if i % 2 == 0 else runs[::-1]:
+                    records[run.label].append(
+                        await _ask(client, model, sample, run.body(), stream=True))
+                    bar.update()
+    finally:
+        await client.close()
+    return records
+
+
+def sparse_summary(records: dict[str, list[dict]]) -> list[dict]:
+    """Per run and length: quality vs dense (as `bench policies`) plus TTFT figures."""
+    rows = matrix_summary(records, reference=DENSE)
+    dense = {r["id"]: r for r in records[DENSE]}
+    for row in rows:
+        mine = [r for r in records[row["run"]] if r["length"] == row["length"]
+                and r.get("ttft_s") and dense[r["id"]].get("ttft_s")]
+        if not mine:
+            continue
+        row["ttft_s"] = sum(r["ttft_s"] for r in mine) / len(mine)
+        row["prefill_tok_s"] = sum(r["prompt_tokens"] / r["ttft_s"] for r in mine) / len(mine)
+        row["ttft_speedup"] = math.exp(sum(math.log(dense[r["id"]]["ttft_s"] / r["ttft_s"])
+                                           for r in mine) / len(mine))
+    return rows
+
+
+def sparse_markdown(rows: list[dict], title: str) -> str:
+    def pct(x):
+        return "—" if x is None else f"{100 * x:.1f}%"
+
+    lines = [f"### {title}", "",
+             "| run | length | samples | TTFT s | prefill tok/s | TTFT speed-up vs dense | "
+             "score | of dense | identical | token agreement |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in sorted(rows, key=lambda r: (r["length"], r["run"] != DENSE, r["run"])):
+        lines.append(
+            f"| {r['run']} | {r['length']} | {r['samples']} | {r.get('ttft_s', 0):.2f} | "
+            f"{r.get('prefill_tok_s', 0):.0f} | {r.get('ttft_speedup', 0):.2f}x | "
+            f"{r['score']:.1f} | {pct(r['of_full'])} | {pct(r['identical'])} | "
+            f"{pct(r['token_agreement'])} |")
+    return "\n".join(lines) + "\n"
