@@ -70,22 +70,44 @@ def _tokenizer(args, root: str):
     return AutoTokenizer.from_pretrained(args.tokenizer or root)
 
 
-def quality(args, url: str | None = None, label: str | None = None) -> dict:
-    from loadtests.quality import run_samples, samples_as_dicts, summarize
+def _task_samples(args, url: str | None = None) -> tuple[str, list]:
+    """The served model's name and the task samples the arguments ask for."""
     from loadtests.tasks import build_samples
 
-    url = url or args.url
-    model, root = _server_model(url, args.api_key)
+    model, root = _server_model(url or args.url, args.api_key)
     samples = build_samples(args.tasks.split(","), [int(x) for x in args.lengths.split(",")],
                             args.samples, args.seed, _tokenizer(args, root))
+    return args.model or model, samples
+
+
+def _write_matrix(args, kind: str, model: str, samples: list, settings: dict, rows: list,
+                  records: dict, markdown: str) -> dict:
+    from loadtests.quality import samples_as_dicts
+
+    result = {"config": {"url": args.url, "model": model, "tasks": args.tasks,
+                         "lengths": args.lengths, "samples": args.samples, "seed": args.seed,
+                         **settings, "label": args.label},
+              "rows": rows, "records": records, "prompts": samples_as_dicts(samples)}
+    out = args.out / args.label
+    report.write_json(out / f"{kind}.json", result)
+    (out / f"{kind}.md").write_text(markdown)
+    print(markdown)
+    return result
+
+
+def quality(args, url: str | None = None, label: str | None = None) -> dict:
+    from loadtests.quality import run_samples, samples_as_dicts, summarize
+
+    url = url or args.url
+    model, samples = _task_samples(args, url)
     records = asyncio.run(run_samples(
-        url, args.model or model, samples, extra_body=args.extra_body,
+        url, model, samples, extra_body=args.extra_body,
         concurrency=int(args.concurrency), api_key=args.api_key,
         progress=not args.no_progress))
     reference = json.loads(args.reference.read_text())["records"] if args.reference else None
     label = label or args.label
     result = {
-        "config": {"url": url, "model": args.model or model, "tasks": args.tasks,
+        "config": {"url": url, "model": model, "tasks": args.tasks,
                    "lengths": args.lengths, "samples": args.samples, "seed": args.seed,
                    "extra_body": args.extra_body, "label": label, "x_value": args.x_value,
                    "reference": str(args.reference) if args.reference else None},
@@ -137,53 +159,28 @@ def load(args, url: str | None = None, label: str | None = None) -> list[dict]:
 
 def policies(args) -> dict:
     from loadtests.policies import matrix_markdown, matrix_summary, parse_runs, run_matrix
-    from loadtests.quality import samples_as_dicts
-    from loadtests.tasks import build_samples
 
-    model, root = _server_model(args.url, args.api_key)
-    samples = build_samples(args.tasks.split(","), [int(x) for x in args.lengths.split(",")],
-                            args.samples, args.seed, _tokenizer(args, root))
-    runs = parse_runs(args.policies, args.budgets)
+    model, samples = _task_samples(args)
     records = asyncio.run(run_matrix(
-        args.url, args.model or model, samples, runs, concurrency=int(args.concurrency),
-        api_key=args.api_key, progress=not args.no_progress))
+        args.url, model, samples, parse_runs(args.policies, args.budgets),
+        concurrency=int(args.concurrency), api_key=args.api_key, progress=not args.no_progress))
     rows = matrix_summary(records)
-    result = {"config": {"url": args.url, "model": args.model or model, "tasks": args.tasks,
-                         "lengths": args.lengths, "samples": args.samples, "seed": args.seed,
-                         "policies": args.policies, "budgets": args.budgets,
-                         "label": args.label},
-              "rows": rows, "records": records, "prompts": samples_as_dicts(samples)}
-    out = args.out / args.label
-    report.write_json(out / "policies.json", result)
-    md = matrix_markdown(rows, f"KV policies vs full cache: {args.label}")
-    (out / "policies.md").write_text(md)
-    print(md)
-    return result
+    return _write_matrix(args, "policies", model, samples,
+                         {"policies": args.policies, "budgets": args.budgets}, rows, records,
+                         matrix_markdown(rows, f"KV policies vs full cache: {args.label}"))
 
 
 def sparse(args) -> dict:
-    from loadtests.quality import samples_as_dicts
     from loadtests.sparse import parse_runs, run_sparse, sparse_markdown, sparse_summary
-    from loadtests.tasks import build_samples
 
-    model, root = _server_model(args.url, args.api_key)
-    samples = build_samples(args.tasks.split(","), [int(x) for x in args.lengths.split(",")],
-                            args.samples, args.seed, _tokenizer(args, root))
-    runs = parse_runs(args.runs, args.sparse_config)
-    records = asyncio.run(run_sparse(args.url, args.model or model, samples, runs,
+    model, samples = _task_samples(args)
+    records = asyncio.run(run_sparse(args.url, model, samples,
+                                     parse_runs(args.runs, args.sparse_config),
                                      api_key=args.api_key, progress=not args.no_progress))
     rows = sparse_summary(records)
-    result = {"config": {"url": args.url, "model": args.model or model, "tasks": args.tasks,
-                         "lengths": args.lengths, "samples": args.samples, "seed": args.seed,
-                         "runs": args.runs, "sparse_config": args.sparse_config,
-                         "label": args.label},
-              "rows": rows, "records": records, "prompts": samples_as_dicts(samples)}
-    out = args.out / args.label
-    report.write_json(out / "sparse.json", result)
-    md = sparse_markdown(rows, f"sparse prefill vs dense: {args.label}")
-    (out / "sparse.md").write_text(md)
-    print(md)
-    return result
+    return _write_matrix(args, "sparse", model, samples,
+                         {"runs": args.runs, "sparse_config": args.sparse_config}, rows, records,
+                         sparse_markdown(rows, f"sparse prefill vs dense: {args.label}"))
 
 
 def capacity(args) -> list[dict]:

@@ -66,7 +66,7 @@ def test_density_one_gives_the_dense_tokens(server, auth, tokenizer):
     [dense] = run(server, auth, body(sample))
     before = sparse_counts(server, auth)
     resp = httpx.post(server.url + "/v1/chat/completions", headers=auth, timeout=300,
-                      json=body(sample, {"name": "sparse", "density": 1.0}))
+                      json=body(sample, {"name": "sparse", "density": 1.0, "min_len": 1024}))
     sparse = resp.json()["choices"][0]["token_ids"]
     counted = counted_since(server, auth, before)
     assert counted["chunks"] == 2 * 30  # both chunks, every layer
@@ -97,7 +97,7 @@ def test_sparse_chunk_after_a_prefix_cache_hit(server, auth, tokenizer):
     [dense] = run(server, auth, body(sample, salt=salt))
     hits = metric_value(metrics(server, auth), "vllm:prefix_cache_hits_total")
     before = sparse_counts(server, auth)
-    [sparse] = run(server, auth, body(sample, {"name": "sparse", "density": 1.0}, salt=salt))
+    [sparse] = run(server, auth, body(sample, {"name": "sparse", "density": 1.0, "min_len": 1024}, salt=salt))
     assert metric_value(metrics(server, auth), "vllm:prefix_cache_hits_total") - hits >= 2048
     counted = counted_since(server, auth, before)
     assert 0 < counted["tokens"] < 30 * 128  # only the uncached tail ran

@@ -25,7 +25,7 @@ class SparseConfig:
 
     method: str = "vertical_slash"
     density: float = 0.2
-    min_len: int = 2048  # tokens in the sequence (prefix + chunk); shorter runs dense
+    min_len: int = 3072  # tokens in the sequence (prefix + chunk); shorter runs dense
     block: int = 128  # tokens per query and key block; engines use their KV cache block
     sink: int = 64  # first tokens every query attends to (attention sinks)
     local: int = 512  # tokens before a query block that it always attends to
@@ -35,8 +35,9 @@ class SparseConfig:
     bits: int = 6  # lsh: hyperplanes per table (2**bits buckets)
 
     def __post_init__(self) -> None:
+        kinds = {"int": int, "float": (int, float), "str": str}
         for f in fields(self):
-            value, kind = getattr(self, f.name), {"int": int, "float": (int, float), "str": str}[f.type]
+            value, kind = getattr(self, f.name), kinds[f.type]
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise ValueError(f"{f.name} must be {f.type}, got {value!r}")
         if self.method not in METHODS:

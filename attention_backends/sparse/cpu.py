@@ -5,8 +5,8 @@ or value is copied: each query block of a sparse chunk becomes one pseudo-reques
 platform kernel whose block table lists only its selected physical blocks (ascending, the
 block holding its own queries last, partial up to its last query: the kernel's causal
 rule then gives each query exactly its selected keys). One kernel call per KV head, with
-that head's slice of the cache. Measured against gathering keys into PyTorch matmuls in
-BENCHMARKS.md (issue 6): this is the fast path.
+that head's slice of the cache. Gathering the selected keys into PyTorch matmuls instead
+was slower than dense attention (BENCHMARKS.md, issue 6).
 
 Requests that are not sparse this step (decode, short prompts, `dense`, KV-policy rows)
 run through the same kernel in one call, with scheduler metadata built for them alone.
@@ -32,6 +32,7 @@ from attention_backends.sparse.patterns import make_estimator
 from attention_backends.sparse.stats import SPARSE_STATS
 from cache_policies.runtime import RUNTIME
 from kernels.sparse_attention import SparsePattern
+
 
 @dataclass
 class SparseRow:
@@ -101,9 +102,10 @@ class SparseCPUBuilder(PolicyAwareCPUBuilder):
             return None, None
         index = torch.tensor(dense)
         lengths = (md.query_start_loc[1:] - md.query_start_loc[:-1])[index]
-        tokens = torch.cat([torch.arange(int(md.query_start_loc[r]), int(md.query_start_loc[r + 1]))
-                            for r in dense])
-        query_start_loc = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(md.query_start_loc.dtype)
+        starts = md.query_start_loc.tolist()
+        tokens = torch.cat([torch.arange(starts[r], starts[r + 1]) for r in dense])
+        query_start_loc = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(
+            md.query_start_loc.dtype)
         seq_lens = md.seq_lens[index]
         scheduler = ops.cpu_attn_get_scheduler_metadata(
             num_reqs=len(dense), num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
@@ -122,8 +124,9 @@ class SparseCPUImpl(PolicyAwareCPUImpl):
     def attend(self, layer, query, key, value, kv_cache, attn_metadata, output,
                output_scale=None, output_block_scale=None):
         batch = getattr(attn_metadata, "sparse", None)
-        if (batch is None or self.attn_type != AttentionType.DECODER or self.alibi_slopes is not None
-                or self.logits_soft_cap or self.sinks is not None or self.is_fp8_kv_cache):
+        plain = (self.attn_type == AttentionType.DECODER and self.alibi_slopes is None
+                 and not self.logits_soft_cap and self.sinks is None and not self.is_fp8_kv_cache)
+        if batch is None or not plain:
             return super().attend(layer, query, key, value, kv_cache, attn_metadata, output,
                                   output_scale, output_block_scale)
         if batch.dense is not None:
@@ -200,7 +203,8 @@ def paged_sparse_attention(q: torch.Tensor, kv_cache: torch.Tensor, table: torch
             scheduler_metadata=scheduler, s_aux=None, k_scale=k_scale, v_scale=v_scale,
             kv_cache_dtype=kv_cache_dtype)
         out[:, heads_of] = part
-        attended += group * int((lengths * (seq_lens - lengths) + lengths * (lengths + 1) // 2).sum())
+        pairs = lengths * (seq_lens - lengths) + lengths * (lengths + 1) // 2
+        attended += group * int(pairs.sum())
     return attended
 
 

@@ -107,7 +107,8 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         q, k, v, out, blocks, counts, columns, n_columns, selected,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), out.stride(0), out.stride(1),
         blocks.stride(0), blocks.stride(1), columns.stride(0), selected.stride(0),
-        selected.stride(1), n_q, blocks.shape[1], n_keys, pattern.q_offset, scale, heads // kv_heads,
+        selected.stride(1), n_q, blocks.shape[1], n_keys, pattern.q_offset, scale,
+        heads // kv_heads,
         BLOCK=pattern.block, DIM=dim, COL_TILE=64,
     )
     return out
