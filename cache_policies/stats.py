@@ -37,9 +37,10 @@ class PolicyStats:
         self._dirty = True
         self.flush()
 
-    def flush(self) -> None:
+    def flush(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not self._dirty or self.path is None or now - self._written < self.every:
+        if not self._dirty or self.path is None or (now - self._written < self.every
+                                                    and not force):
             return
         tmp = Path(f"{self.path}.tmp")
         tmp.write_text(json.dumps(self.counts))

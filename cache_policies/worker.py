@@ -16,7 +16,7 @@ class PolicyWorkerMixin:
             return super().execute_model(scheduler_output)  # type: ignore[misc]
         finally:  # passes outside a scheduled step (warm-up, profiling) see no plan
             RUNTIME.end_step()
-            SPARSE_STATS.flush()
+            SPARSE_STATS.flush(force=True)  # changes only in sparse prefill steps
 
 
 class PolicyCPUWorker(PolicyWorkerMixin, CPUWorker):

@@ -7,7 +7,8 @@ import pytest
 
 pytestmark = pytest.mark.engine
 
-APPLIED_DEFAULT = {"kv_policy": {"name": "full", "budget": None}, "context_strategy": "reject"}
+APPLIED_DEFAULT = {"kv_policy": {"name": "full", "budget": None}, "attention": {"name": "dense"},
+                   "context_strategy": "reject"}
 
 
 def test_chat_answers_a_factual_question(client, model_name):
