@@ -73,6 +73,9 @@ def _serve(args: argparse.Namespace, vllm_extra: list[str]) -> int:
         vllm_namespace(settings, "model", "name", vllm_extra)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
+    except ValueError as exc:  # flags that contradict each other
+        print(f"longserve serve: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = build_app(settings, vllm_extra)

@@ -68,6 +68,13 @@ def vllm_namespace(settings: Settings, model: str, name: str, extra: list[str]) 
     if settings.kv_policy != "full" and args.kv_cache_dtype not in ("auto", None):
         raise ValueError(f"--kv-policy {settings.kv_policy} needs the KV cache in the model's "
                          f"dtype, not --kv-cache-dtype {args.kv_cache_dtype}")
+    if settings.attention == "sparse":
+        if not current_platform.is_cpu():
+            raise ValueError("--attention sparse runs on CPU engines only for now (its Triton "
+                             "kernels are not wired into the GPU backend)")
+        if args.kv_cache_dtype not in ("auto", None):
+            raise ValueError("--attention sparse needs the KV cache in the model's dtype, not "
+                             f"--kv-cache-dtype {args.kv_cache_dtype}")
     return args
 
 

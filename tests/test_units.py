@@ -241,6 +241,10 @@ def test_error_mapper(exc, status, type_):
     (["serve", "--attention", "flash"], "--attention: Input should be 'dense' or 'sparse'"),
     (["serve", "--sparse-config", "density=0.3"], "--sparse-config: not JSON"),
     (["serve", "--sparse-config", '{"density": 3}'], "density must be in (0, 1], got 3"),
+    (["serve", "--attention", "sparse", "--kv-cache-dtype", "fp8"],
+     "--attention sparse needs the KV cache in the model's dtype"),
+    (["serve", "--kv-policy", "snapkv", "--kv-cache-dtype", "fp8"],
+     "--kv-policy snapkv needs the KV cache in the model's dtype"),
 ])
 def test_serve_rejects_bad_flags_before_loading_anything(capsys, argv, fragment):
     from server.cli import main
