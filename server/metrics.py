@@ -27,6 +27,19 @@ DISCONNECTS = Counter(
 )
 
 
+def _counter_families(prefix: str, label: str, docs: dict[str, str],
+                      rows: dict[str, dict[str, int]]):
+    """One Prometheus counter per field in `docs`, named `prefix + field`, one sample per
+    key of `rows` (a policy or a method)."""
+    from prometheus_client.core import CounterMetricFamily
+
+    for field, doc in docs.items():
+        family = CounterMetricFamily(prefix + field, doc, labels=[label])
+        for key, row in sorted(rows.items()):
+            family.add_metric([key], row.get(field, 0))
+        yield family
+
+
 class KVPolicyCollector:
     """Per-policy compression counters, read at scrape time from the file the engine
     core's scheduler keeps (`cache_policies.stats`)."""
@@ -50,11 +63,7 @@ class KVPolicyCollector:
 
         path = os.environ.get(stats.ENV)
         rows = stats.read(path) if path else {}
-        for field, doc in self.COUNTERS.items():
-            family = CounterMetricFamily(f"longserve_kv_{field}", doc, labels=["policy"])
-            for policy, row in sorted(rows.items()):
-                family.add_metric([policy], row.get(field, 0))
-            yield family
+        yield from _counter_families("longserve_kv_", "policy", self.COUNTERS, rows)
         freed = CounterMetricFamily(
             "longserve_kv_tokens_freed", "KV entries (tokens) dropped or merged away",
             labels=["policy"])
@@ -76,16 +85,13 @@ class KVPolicyCollector:
             if row.get("blocks_before"):
                 memory.add_metric([policy], 1 - row["blocks_freed"] / row["blocks_before"])
         yield memory
-        retrieval = stats.read_retrieval(path) if path else {}
-        for field, doc in (("attended", "16-entry KV pages attended per KV head in retrieval "
-                                        "decode steps, summed over layers and steps"),
-                           ("candidates", "KV pages the request held in those steps, per KV "
-                                          "head, summed over layers and steps")):
-            family = CounterMetricFamily(f"longserve_kv_retrieval_pages_{field}",
-                                         doc, labels=["policy"])
-            for policy, row in sorted(retrieval.items()):
-                family.add_metric([policy], row[field])
-            yield family
+        yield from _counter_families(
+            "longserve_kv_retrieval_pages_", "policy",
+            {"attended": "16-entry KV pages attended per KV head in retrieval decode steps, "
+                         "summed over layers and steps",
+             "candidates": "KV pages the request held in those steps, per KV head, summed "
+                           "over layers and steps"},
+            stats.read_retrieval(path) if path else {})
 
     def describe(self):
         return []
@@ -97,23 +103,18 @@ class SparseAttentionCollector:
     def collect(self):
         import os
 
-        from prometheus_client.core import CounterMetricFamily
-
         from attention_backends.sparse.stats import FIELDS, KIND
         from cache_policies import stats
 
         path = os.environ.get(stats.ENV)
-        rows = stats.read_workers(path, KIND, FIELDS) if path else {}
-        for field, doc in (
-                ("chunks", "prefill chunks that ran sparse attention (per layer)"),
-                ("tokens", "query tokens of those chunks (per layer)"),
-                ("pairs_attended", "query-key pairs computed by sparse prefill, over heads and layers"),
-                ("pairs_causal", "query-key pairs dense causal attention would have computed")):
-            family = CounterMetricFamily(f"longserve_sparse_{field}",
-                                         doc, labels=["method"])
-            for method, row in sorted(rows.items()):
-                family.add_metric([method], row[field])
-            yield family
+        yield from _counter_families(
+            "longserve_sparse_", "method",
+            {"chunks": "prefill chunks that ran sparse attention (per layer)",
+             "tokens": "query tokens of those chunks (per layer)",
+             "pairs_attended": "query-key pairs computed by sparse prefill, over heads and "
+                               "layers",
+             "pairs_causal": "query-key pairs dense causal attention would have computed"},
+            stats.read_workers(path, KIND, FIELDS) if path else {})
 
     def describe(self):
         return []

@@ -84,10 +84,12 @@ class SparseCPUBuilder(PolicyAwareCPUBuilder):
         for row, req_id in enumerate(runner.input_batch.req_ids[: len(seq_lens)]):
             start, end, n_keys = starts[row], starts[row + 1], seq_lens[row]
             request = runner.requests.get(req_id)
+            if request is None or end - start < 2 or row in policy_rows:  # decode: no parse
+                dense.append(row)
+                continue
             config = request_config(request.sampling_params.extra_args
-                                    if request and request.sampling_params else None)
-            if (request is None or config is None or row in policy_rows or end - start < 2
-                    or n_keys < config.min_len):
+                                    if request.sampling_params else None)
+            if config is None or n_keys < config.min_len:
                 dense.append(row)
                 continue
             config = dataclasses.replace(config, block=self.block_size)
