@@ -16,7 +16,7 @@ import torch
 from cache_policies.offload import HostStore, RedisStore
 from loadtests.servers import free_port
 from tests.conftest import longserve_eager, metric_value
-from tests.test_kv_policies_http import body, kv_usage, run, sample_while_streaming
+from tests.test_kv_policies_http import body, run, sample_while_streaming
 
 BLOCK = 128
 
@@ -101,7 +101,8 @@ def test_retrieval_offloads_to_redis_and_answers_as_with_the_host_tier(
         payload = body(sample, policy if name == "quest" else None, max_tokens=64,
                        ignore_eos=True, salt=uuid.uuid4().hex)
         samples = sample_while_streaming(  # (KV usage, keys in Redis) while decoding
-            redis_server, {}, payload, lambda: (kv_usage(redis_server, {}), client.dbsize()))
+            redis_server, {}, payload,
+            lambda text: (metric_value(text, "vllm:kv_cache_usage_perc"), client.dbsize()))
         usage[name] = max(u for u, _ in samples)
         held[name] = max(k for _, k in samples)
     # 30 layers x the blocks between the sink block and the recent window

@@ -64,18 +64,28 @@ def run(server, auth, *payloads) -> list[list[int]]:
 
 
 def sample_while_streaming(server, auth, payload: dict, probe=None) -> list:
-    """`probe()` (by default vLLM's KV usage) read again and again while the request
-    decodes: a poller thread samples for as long as the stream is open, once the client
-    has seen a few tokens (the prefill, and the policy, ran). Sampling from the reading
-    loop itself is not enough: a busy API process can deliver the whole stream in a few
-    late chunks, after the request left the engine and the gauge went back to 0."""
-    probe = probe or (lambda: kv_usage(server, auth))
-    decoding, done, samples = threading.Event(), threading.Event(), []
+    """`probe(metrics_text)` (by default vLLM's KV usage) read again and again while the
+    request decodes, as the engine saw it. A poller thread scrapes `/metrics` from the
+    moment the request is sent; a sample is kept when vLLM's generation counter in the
+    same scrape (set with the KV gauge, from one engine step) shows the request past its
+    8th token and short of its last: prefill done, the policy applied, blocks still held.
+    Timing by the client's stream is not enough: a busy machine can deliver the whole
+    stream late, after the request left the engine and the gauge went back to 0.
+    `payload` must run to `max_tokens` (ignore_eos) on an otherwise idle engine."""
+    assert payload.get("ignore_eos"), "the window is counted in generated tokens"
+    probe = probe or (lambda text: metric_value(text, "vllm:kv_cache_usage_perc"))
+    generated = lambda text: metric_value(text, "vllm:generation_tokens_total")  # noqa: E731
+    base = generated(metrics(server, auth))
+    window = (base + 8, base + payload["max_tokens"])
+    done, samples, seen = threading.Event(), [], []
 
     def poll():
-        decoding.wait()
         while not done.is_set():
-            samples.append(probe())
+            text = metrics(server, auth)
+            count, value = generated(text), probe(text)
+            seen.append(count - base)
+            if window[0] <= count < window[1]:
+                samples.append(value)
             time.sleep(0.02)
 
     poller = threading.Thread(target=poll, daemon=True)
@@ -83,14 +93,13 @@ def sample_while_streaming(server, auth, payload: dict, probe=None) -> list:
     try:
         with httpx.stream("POST", server.url + "/v1/chat/completions", headers=auth,
                           json={**payload, "stream": True}, timeout=120) as resp:
-            for index, _ in enumerate(resp.iter_lines()):
-                if index >= 8:
-                    decoding.set()
+            assert resp.status_code == 200, resp.read()
+            for _ in resp.iter_lines():
+                pass
     finally:
         done.set()
-        decoding.set()
         poller.join()
-    assert samples, "the stream ended before the probe could run"
+    assert samples, f"no scrape while the request decoded (tokens seen: {sorted(set(seen))})"
     return samples
 
 
