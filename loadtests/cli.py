@@ -1,4 +1,5 @@
-"""`longserve bench quality | load | compare | policies | capacity | sparse | plot`."""
+"""`longserve bench quality | load | compare | policies | capacity | sparse | rag | context
+| plot`."""
 
 from __future__ import annotations
 
@@ -183,6 +184,61 @@ def sparse(args) -> dict:
                          sparse_markdown(rows, f"sparse prefill vs dense: {args.label}"))
 
 
+def _multidoc_samples(args, model_root: str) -> list:
+    from loadtests.multidoc import build_multidoc
+
+    tokenizer = _tokenizer(args, model_root)
+    return [build_multidoc(args.documents, int(length), i, args.seed, tokenizer)
+            for length in args.lengths.split(",") for i in range(args.samples)]
+
+
+def rag(args) -> dict:
+    from loadtests.rag import ALL, parse_rag_runs, run_rag
+    from loadtests.sparse import sparse_markdown, sparse_summary
+
+    model, root = _server_model(args.url, args.api_key)
+    samples = _multidoc_samples(args, root)
+    records = asyncio.run(run_rag(args.url, args.model or model, samples,
+                                  parse_rag_runs(args.runs), api_key=args.api_key,
+                                  progress=not args.no_progress))
+    rows = sparse_summary(records, reference=ALL)
+    args.tasks = "multidoc_qa"
+    return _write_matrix(args, "rag", args.model or model, samples,
+                         {"runs": args.runs, "documents": args.documents}, rows, records,
+                         sparse_markdown(rows, f"RAG path vs every document in the prompt: "
+                                         f"{args.label}", reference=ALL))
+
+
+def context(args) -> dict:
+    import dataclasses
+
+    import httpx
+
+    from loadtests.multidoc import single_prompt
+    from loadtests.rag import context_markdown, context_summary, run_context
+    from loadtests.tasks import build_samples
+
+    model, root = _server_model(args.url, args.api_key)
+    tasks = args.tasks.split(",")
+    samples = build_samples([t for t in tasks if t != "multidoc_qa"],
+                            [int(x) for x in args.lengths.split(",")], args.samples, args.seed,
+                            _tokenizer(args, root))
+    if "multidoc_qa" in tasks:
+        samples += [dataclasses.replace(s, messages=single_prompt(s))
+                    for s in _multidoc_samples(args, root)]
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    window = httpx.get(args.url.rstrip("/") + "/info", headers=headers,
+                       timeout=30).json()["max_model_len"]
+    records = asyncio.run(run_context(args.url, args.model or model, samples,
+                                      args.strategies.split(","), api_key=args.api_key,
+                                      progress=not args.no_progress))
+    rows = context_summary(records)
+    return _write_matrix(args, "context", args.model or model, samples,
+                         {"strategies": args.strategies, "window": window}, rows, records,
+                         context_markdown(rows, f"long-context strategies: {args.label}",
+                                          window))
+
+
 def capacity(args) -> list[dict]:
     from loadtests.capacity import capacity_markdown, run_capacity
     from loadtests.policies import parse_runs
@@ -254,6 +310,23 @@ def main(argv: list[str] | None = None) -> int:
                     help="sparse runs as METHOD@DENSITY, comma-separated (dense always runs)")
     sp.add_argument("--sparse-config", type=json.loads, default={},
                     help='parameters added to every sparse run, e.g. \'{"min_len": 1024}\'')
+    rg = sub.add_parser("rag", help="multi-document QA: the RAG path vs every document in "
+                        "the prompt: TTFT and score on the same samples, one run")
+    _common(rg)
+    rg.add_argument("--lengths", default="4096,6144", help="prompt lengths (every document "
+                    "in the prompt) in tokens")
+    rg.add_argument("--samples", type=int, default=10, help="samples per length")
+    rg.add_argument("--documents", type=int, default=24, help="documents per sample (16-32)")
+    rg.add_argument("--runs", default="drop@0.1,extractive@0.1",
+                    help="RAG runs as MODE@EXPAND_SHARE, comma-separated (`all` always runs)")
+    cx = sub.add_parser("context", help="long-context strategies on prompts longer than the "
+                        "served window: score, latency, tokens spent")
+    _common(cx)
+    cx.add_argument("--tasks", default="niah_single,multidoc_qa")
+    cx.add_argument("--lengths", default="4096,8192", help="prompt lengths in tokens")
+    cx.add_argument("--samples", type=int, default=6, help="samples per task and length")
+    cx.add_argument("--documents", type=int, default=24, help="multidoc_qa: documents")
+    cx.add_argument("--strategies", default="truncate_middle,rag,chain_of_agents")
     cp = sub.add_parser("capacity", help="requests in flight and throughput at fixed KV "
                         "memory: full vs KV policies")
     _common(cp)
@@ -283,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         capacity(args)
     elif args.bench == "sparse":
         sparse(args)
+    elif args.bench == "rag":
+        rag(args)
+    elif args.bench == "context":
+        context(args)
     elif args.bench == "compare":
         return compare(args)
     else:

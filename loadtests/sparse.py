@@ -64,10 +64,11 @@ async def run_sparse(url: str, model: str, samples: list[Sample], runs: list[Att
     return records
 
 
-def sparse_summary(records: dict[str, list[dict]]) -> list[dict]:
-    """Per run and length: quality vs dense (as `bench policies`) plus TTFT figures."""
-    rows = matrix_summary(records, reference=DENSE)
-    dense = {r["id"]: r for r in records[DENSE]}
+def sparse_summary(records: dict[str, list[dict]], reference: str = DENSE) -> list[dict]:
+    """Per run and length: quality vs the reference run (as `bench policies`) plus TTFT
+    figures (speed-up: geometric mean of reference TTFT / run TTFT)."""
+    rows = matrix_summary(records, reference=reference)
+    dense = {r["id"]: r for r in records[reference]}
     for row in rows:
         mine = [r for r in records[row["run"]] if r["length"] == row["length"]
                 and r.get("ttft_s") and dense[r["id"]].get("ttft_s")]
@@ -80,15 +81,15 @@ def sparse_summary(records: dict[str, list[dict]]) -> list[dict]:
     return rows
 
 
-def sparse_markdown(rows: list[dict], title: str) -> str:
+def sparse_markdown(rows: list[dict], title: str, reference: str = DENSE) -> str:
     def pct(x):
         return "—" if x is None else f"{100 * x:.1f}%"
 
     lines = [f"### {title}", "",
-             "| run | length | samples | TTFT s | prefill tok/s | TTFT speed-up vs dense | "
-             "score | of dense | identical | token agreement |",
+             f"| run | length | samples | TTFT s | prefill tok/s | TTFT speed-up vs {reference} "
+             f"| score | of {reference} | identical | token agreement |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in sorted(rows, key=lambda r: (r["length"], r["run"] != DENSE, r["run"])):
+    for r in sorted(rows, key=lambda r: (r["length"], r["run"] != reference)):
         lines.append(
             f"| {r['run']} | {r['length']} | {r['samples']} | {r.get('ttft_s', 0):.2f} | "
             f"{r.get('prefill_tok_s', 0):.0f} | {r.get('ttft_speedup', 0):.2f}x | "

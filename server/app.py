@@ -13,6 +13,8 @@ from fastapi import FastAPI
 from server import errors, metrics
 from server.limits import Admission
 from server.middleware import APIKeyMiddleware, BodySizeLimitMiddleware
+from server.rag.encoder import Encoder
+from server.rag.store import CachedEncoder, make_store
 from server.settings import Settings
 from server.state import Phase, set_phase
 
@@ -44,6 +46,7 @@ async def _start_engine(app: FastAPI) -> None:
         start_output_handler(state.engine)
         state.admission.max_num_seqs = state.engine.vllm_config.scheduler_config.max_num_seqs
         state.serving = await build_serving(state.engine, state.vllm_args)
+        await asyncio.to_thread(state.chunk_encoder.encoder.load)
     except (Exception, SystemExit):  # SystemExit: vLLM's argument parser rejected a flag
         logger.exception("the engine failed to start")
         _die(app)
@@ -112,6 +115,8 @@ def build_app(settings: Settings, vllm_extra: list[str] | None = None) -> FastAP
     app.state.serving = None
     app.state.exit_code = 0
     app.state.admission = Admission(settings.max_queued_requests)
+    app.state.chunk_encoder = CachedEncoder(Encoder(), make_store(settings.chunk_store),
+                                            on_lookup=metrics.record_encoder_lookup)
     set_phase(app.state, Phase.LOADING)
     app.include_router(openai_router)
     app.include_router(ops_router)

@@ -48,7 +48,12 @@ def _serve_parser(sub) -> None:
     add("--sparse-config", help="sparse attention parameters as JSON, e.g. "
         "'{\"method\": \"vertical_slash\", \"density\": 0.2, \"min_len\": 2048}' "
         "(methods: vertical_slash, block_topk, lsh); requests may override them")
-    add("--context-strategy", help="default long-context strategy (default: reject)")
+    add("--context-strategy", help="default long-context strategy for prompts longer than "
+        "the window: reject (default), truncate_middle, chain_of_agents or rag")
+    add("--chunk-store", help="where RAG chunk encodings are cached: memory (default, "
+        "in-process LRU) or redis://HOST:PORT[/DB]")
+    add("--rag-max-tokens", type=int,
+        help="most document tokens one request may bring (default 262144)")
     add("--log-level", help="debug, info, warning, error (default info)")
 
 

@@ -25,6 +25,29 @@ DISCONNECTS = Counter(
     "longserve_client_disconnects", "requests aborted because the client went away",
     ["stream"],
 )
+CONTEXT_APPLIED = Counter(
+    "longserve_context_strategy_applied",
+    "requests a context strategy shortened to fit the window", ["strategy"])
+RAG_REQUESTS = Counter("longserve_rag_requests", "chat requests that brought documents")
+RAG_CHUNKS = Counter(
+    "longserve_rag_chunks", "document chunks, by what the RAG path did with them",
+    ["outcome"])
+RAG_ENCODER_CACHE = Counter(
+    "longserve_rag_encoder_cache", "distinct texts looked up in the chunk store, by result",
+    ["result"])
+
+
+def record_rag(provenance: dict) -> None:
+    RAG_REQUESTS.inc()
+    expanded = len(provenance["expanded"])
+    RAG_CHUNKS.labels(outcome="expanded").inc(expanded)
+    RAG_CHUNKS.labels(outcome="compressed").inc(provenance["compressed_chunks"])
+    RAG_CHUNKS.labels(outcome="dropped").inc(provenance["dropped_chunks"])
+
+
+def record_encoder_lookup(hits: int, encoded: int) -> None:
+    RAG_ENCODER_CACHE.labels(result="hit").inc(hits)
+    RAG_ENCODER_CACHE.labels(result="miss").inc(encoded)
 
 
 def _counter_families(prefix: str, label: str, docs: dict[str, str],

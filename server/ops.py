@@ -62,6 +62,8 @@ async def info(request: Request):
         "limits": {
             "max_request_bytes": settings.max_request_bytes,
             "max_queued_requests": settings.max_queued_requests,
+            "rag_max_tokens": settings.rag_max_tokens,
         },
+        "chunk_store": "memory" if settings.chunk_store == "memory" else "redis",
         "attention": workers,
     }

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
         '{"method": "vertical_slash", "density": 0.2, "min_len": 2048}; requests may '
         "override them")
     context_strategy: str = Field("reject", description="default long-context strategy")
+    chunk_store: str = Field(
+        "memory", description="where RAG chunk encodings are cached: memory (in-process "
+        "LRU) or redis://HOST:PORT[/DB]")
+    rag_max_tokens: int = Field(
+        262144, ge=1, description="most document tokens one request may bring")
     log_level: str = "info"
 
     @field_validator("kv_cache_memory", "max_request_bytes", mode="before")
@@ -92,6 +97,13 @@ class Settings(BaseSettings):
         if not isinstance(value, dict):
             raise ValueError("give a JSON object of sparse attention parameters")
         AttentionSpec(name="sparse", **value)  # raises on unknown or invalid parameters
+        return value
+
+    @field_validator("chunk_store")
+    @classmethod
+    def _chunk_store(cls, value: str) -> str:
+        if value != "memory" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"takes `memory` or redis://HOST:PORT[/DB], got {value!r}")
         return value
 
     @field_validator("context_strategy")

@@ -13,6 +13,40 @@ MAX_NUM_SEQS = 4
 MAX_QUEUED = 2
 MAX_REQUEST_BYTES = 1 << 20
 KV_RECOMPRESS_EVERY = 256
+RAG_MAX_TOKENS = 20000
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    """A real redis-server of the module's own (module scope: each test module that asks
+    gets a fresh, empty one)."""
+    import shutil
+    import subprocess
+    import time
+
+    import redis
+
+    from loadtests.servers import free_port
+
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed: run `bash deploy/install.sh --dev`"
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path_factory.mktemp("redis"))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def longserve_eager(log_path, *extra: str) -> ServerProcess:
@@ -29,6 +63,7 @@ def server(tmp_path_factory) -> ServerProcess:
         "--max-queued-requests", str(MAX_QUEUED),
         "--max-request-bytes", str(MAX_REQUEST_BYTES),
         "--kv-recompress-every", str(KV_RECOMPRESS_EVERY),
+        "--rag-max-tokens", str(RAG_MAX_TOKENS),
     ).start()
     try:
         yield srv.wait_ready()

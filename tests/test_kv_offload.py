@@ -4,8 +4,6 @@ a retrieval request's memory leaves the engine and its tier entries go when it e
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 import uuid
 
@@ -14,36 +12,10 @@ import pytest
 import torch
 
 from cache_policies.offload import HostStore, RedisStore
-from loadtests.servers import free_port
 from tests.conftest import longserve_eager, metric_value
 from tests.test_kv_policies_http import body, run, sample_while_streaming
 
 BLOCK = 128
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is not installed: run `bash deploy/install.sh --dev`"
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path_factory.mktemp("redis"))],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    import redis
-
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.mark.parametrize("tier", ["host", "redis"])

@@ -6,6 +6,9 @@ import importlib
 
 CONTEXT_STRATEGIES: dict[str, str] = {
     "reject": "server.context.reject:Reject",
+    "truncate_middle": "server.context.truncate_middle:TruncateMiddle",
+    "chain_of_agents": "server.context.chain_of_agents:ChainOfAgents",
+    "rag": "server.context.rag:Rag",
 }
 
 

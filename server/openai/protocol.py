@@ -10,7 +10,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.renderers.params import TokenizeParams
@@ -18,6 +25,7 @@ from vllm.renderers.params import TokenizeParams
 from attention_backends.sparse.config import SparseConfig
 from cache_policies.registry import make_config, policy_names
 from server.context.registry import check_name, strategy_names
+from server.rag.config import RagConfig
 
 # Prompts are tokenized up to this many times the context length, so a `reject` error can
 # state the real prompt length; beyond it vLLM stops tokenizing (bounding the cost of
@@ -106,18 +114,25 @@ class LongserveFields(BaseModel):
         f"{', '.join(strategy_names())}; default: the server's",
     )
 
+    # What the RAG path and the context strategy did (server.context.prepare).
+    _prepared: dict = PrivateAttr(default_factory=dict)
+
     @field_validator("context_strategy")
     @classmethod
     def _known_strategy(cls, value: str | None) -> str | None:
         return value if value is None else check_name(value)
 
-    def applied(self) -> dict[str, Any]:
-        """What longserve applies to this request (after server defaults are filled in)."""
+    def engine_args(self) -> dict[str, Any]:
+        """What the engine's scheduler and workers read (`extra_args["longserve"]`)."""
         return {
             "kv_policy": self.kv_policy.model_dump() if self.kv_policy else None,
             "attention": self.attention.applied() if self.attention else None,
-            "context_strategy": self.context_strategy,
         }
+
+    def applied(self) -> dict[str, Any]:
+        """What longserve applies to this request (after server defaults are filled in)."""
+        return {**self.engine_args(), "context_strategy": self.context_strategy,
+                **self._prepared}
 
     def requested_tokens(self) -> int | None:
         return getattr(self, "max_completion_tokens", None) or self.max_tokens  # type: ignore[attr-defined]
@@ -132,7 +147,7 @@ class LongserveFields(BaseModel):
 
     def to_sampling_params(self, *args, **kwargs):
         params = super().to_sampling_params(*args, **kwargs)  # type: ignore[misc]
-        params.extra_args = {**(params.extra_args or {}), "longserve": self.applied()}
+        params.extra_args = {**(params.extra_args or {}), "longserve": self.engine_args()}
         return params
 
 
@@ -142,7 +157,51 @@ def _at_least_one(value: int | None, field: str) -> int | None:
     return value
 
 
+class DocumentSpec(BaseModel):
+    """One document of a RAG request: `{"id": "manual-3", "text": "..."}`; vLLM's
+    `{"title": ..., "text": ...}` form is read too (the title is the id)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, description="cited in the provenance; default: its index")
+    title: str | None = Field(None, description="the id when `id` is not given")
+    text: str
+
+    @property
+    def name(self) -> str | None:
+        return self.id or self.title
+
+
 class LongserveChatCompletionRequest(LongserveFields, ChatCompletionRequest):
+    # vLLM hands `documents` to RAG-aware chat templates; longserve's RAG path takes them
+    # instead (server.context.prepare) and the template sees none.
+    documents: list[str | DocumentSpec] | None = Field(
+        None, description="documents to answer from (plain strings or {id, text}): chunked, "
+        "the chunks the question needs expanded, the rest compressed (see `rag`)")
+    rag: dict[str, Any] | None = Field(
+        None, description="RAG options: chunk_tokens, expand (share) or expand_tokens, mode "
+        "(drop | extractive), sentences")
+
+    @field_validator("documents")
+    @classmethod
+    def _documents(cls, value: list | None) -> list | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("documents must hold at least one document (or be left out)")
+        for i, document in enumerate(value):
+            text = document if isinstance(document, str) else document.text
+            if not text.strip():
+                raise ValueError(f"documents[{i}] is empty")
+        return value
+
+    @field_validator("rag")
+    @classmethod
+    def _rag(cls, value: dict | None) -> dict | None:
+        if value is not None:
+            RagConfig.from_dict(value)
+        return value
+
     @field_validator("messages")
     @classmethod
     def _not_empty(cls, value: list) -> list:

@@ -18,6 +18,7 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.serve.utils.api_utils import with_cancellation
 
 from server import metrics
+from server.context.prepare import prepare_chat
 from server.errors import LongserveError, UnsupportedMediaType, count_error
 from server.openai.protocol import (
     AttentionSpec,
@@ -92,25 +93,37 @@ def _cpu_only_policy_ok(name: str) -> bool:
     return current_platform.is_cpu() or not (cls.packs or cls.retrieves)
 
 
-def _with_applied(chunk: str, applied: dict) -> str:
-    """Add the `longserve` field to one SSE `data: {...}` event."""
+def _add_usage(usage: dict | None, extra: dict | None) -> None:
+    """Count calls made for the request before its own (chain-of-agents workers)."""
+    if usage and extra:
+        usage["prompt_tokens"] += extra["prompt_tokens"]
+        usage["completion_tokens"] += extra["completion_tokens"]
+        usage["total_tokens"] += extra["prompt_tokens"] + extra["completion_tokens"]
+
+
+def _shape_event(chunk: str, applied: dict | None, extra_usage: dict | None) -> str:
+    """Add the `longserve` field (when given) and the extra usage to one SSE event."""
     payload = chunk.removeprefix("data: ").strip()
     if not chunk.startswith("data: ") or payload == "[DONE]":
         return chunk
+    if applied is None and not (extra_usage and '"usage":{' in payload.replace(" ", "")):
+        return chunk
     event = json.loads(payload)
-    if "error" not in event:
+    if "error" not in event and applied is not None:
         event["longserve"] = applied
+    _add_usage(event.get("usage"), extra_usage)
     return f"data: {json.dumps(event, separators=(',', ':'))}\n\n"
 
 
-async def _stream(events: AsyncGenerator[str, None], ticket, applied: dict):
+async def _stream(events: AsyncGenerator[str, None], ticket, applied: dict,
+                  extra_usage: dict | None):
     """Relay vLLM's SSE events; the first carries `longserve`. If the client goes away
     mid-stream, closing vLLM's generator aborts the request in the engine."""
     finished = False
     try:
         first = True
         async for event in events:
-            yield _with_applied(event, applied) if first else event
+            yield _shape_event(event, applied if first else None, extra_usage)
             first = False
         finished = True
     finally:
@@ -140,6 +153,8 @@ async def _serve(raw_request: Request, request: LongserveFields, endpoint: str, 
     _fill_defaults(request, state)
     ticket = state.admission.admit(getattr(request, "n", None) or 1)
     try:
+        if isinstance(request, LongserveChatCompletionRequest):
+            request._prepared = await prepare_chat(request, state)
         result = await create(serving)
     except BaseException:
         ticket.release()
@@ -151,16 +166,19 @@ async def _serve(raw_request: Request, request: LongserveFields, endpoint: str, 
         count_error(result.error.code, result.error.type)
         return JSONResponse(result.model_dump(), status_code=result.error.code)
     applied = request.applied()
+    extra_usage = applied.get("context", {}).get("worker_usage")
     metrics.REQUESTS.labels(
         endpoint=endpoint,
         kv_policy=applied["kv_policy"]["name"],
         context_strategy=applied["context_strategy"],
     ).inc()
     if isinstance(result, AsyncGenerator):
-        return _ClosingStreamingResponse(_stream(result, ticket, applied),
+        return _ClosingStreamingResponse(_stream(result, ticket, applied, extra_usage),
                                          media_type="text/event-stream")
     ticket.release()
-    return JSONResponse({**result.model_dump(), "longserve": applied})
+    body = result.model_dump()
+    _add_usage(body.get("usage"), extra_usage)
+    return JSONResponse({**body, "longserve": applied})
 
 
 @router.post(

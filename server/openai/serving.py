@@ -1,8 +1,10 @@
 """vLLM's OpenAI serving objects, reused; longserve adds one step after tokenization.
 
 Chat templating, tokenization, sampling parameters, streaming and usage are vLLM's own
-(`OpenAIServingChat`, `OpenAIServingCompletion`). The subclasses apply the request's
-context strategy to the tokenized prompt before anything reaches the engine.
+(`OpenAIServingChat`, `OpenAIServingCompletion`). The subclasses check the tokenized
+prompt fits before anything reaches the engine. Context strategies other than `reject`
+rewrite chat messages (server.context); a `/v1/completions` prompt that does not fit is
+rejected whatever the strategy.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from server.context.registry import get_strategy
 
 class _ContextStrategyStep:
     def _apply_context_strategy(self, request, engine_inputs, field: str) -> None:
-        strategy = get_strategy(request.context_strategy)
+        """The last word on length, after the strategy (server.context.prepare) ran on a
+        chat request: what still does not fit is a 400, never cut here."""
+        strategy = get_strategy(request.context_strategy if field == "messages" else "reject")
         for engine_input in engine_inputs:
             strategy.check(
                 prompt_tokens=self._extract_prompt_len(engine_input),  # type: ignore[attr-defined]

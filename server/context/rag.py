@@ -1,0 +1,57 @@
+"""`rag`: a prompt too long for the window is read as a document — the longest message's
+body is chunked, the chunks closest to its question (the last paragraph) are expanded in
+their order within what the window leaves, the rest left out (or, with
+`rag: {"mode": "extractive"}`, cut to sentences). Compress-sense-expand, server/rag."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from server.context.base import (
+    Context,
+    Strategy,
+    join,
+    longest_message,
+    message_text,
+    split_long_text,
+    with_content,
+)
+from server.errors import ContextLengthExceeded
+from server.rag.config import RagConfig
+from server.rag.pipeline import Document, compress_sense_expand
+
+
+class Rag(Strategy):
+    name = "rag"
+
+    def plan(self, request, ctx: Context) -> dict:
+        messages = request.messages
+        prompt = ctx.count(messages)
+        if prompt <= ctx.room:
+            return {"name": self.name, "changed": False, "prompt_tokens": prompt}
+        index = longest_message(messages)
+        head, body, question = split_long_text(message_text(messages[index]), ctx)
+        options = dict(getattr(request, "rag", None) or {})
+        options.setdefault("mode", "drop")
+        config = RagConfig.from_dict(options)
+        frame = ctx.count(with_content(messages, index, join(head, question)))
+        budget = ctx.room - frame - 32  # document header and markers
+        for _ in range(4):
+            if budget < config.chunk_tokens:
+                raise ContextLengthExceeded(
+                    f"rag cannot fit this request: the rest of the prompt takes {frame} of the "
+                    f"{ctx.room} tokens that leave room for {ctx.reserve} completion tokens",
+                    param="messages")
+            plan = compress_sense_expand(
+                [Document("input", body)], question or body[-2000:],
+                dataclasses.replace(config, expand_tokens=budget), ctx.tokenizer, ctx.encoder)
+            candidate = with_content(messages, index, join(head, plan.context, question))
+            fitted = ctx.count(candidate)
+            if fitted <= ctx.room:
+                request.messages = candidate
+                return {"name": self.name, "changed": True, "message": index,
+                        "prompt_tokens": prompt, "fitted_tokens": fitted,
+                        "reserved_tokens": ctx.reserve, "rag": plan.provenance}
+            budget -= fitted - ctx.room + 16
+        raise ContextLengthExceeded("rag did not converge on a prompt that fits",
+                                    param="messages")

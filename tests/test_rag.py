@@ -1,0 +1,229 @@
+"""The RAG path and the context strategies without the engine: the real served-model
+tokenizer, the real chunk encoder, the in-process store and a real Redis server."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+import torch
+
+from loadtests.haystack import sentences
+from server.context.base import Context, message_text
+from server.context.rag import Rag
+from server.context.truncate_middle import TruncateMiddle
+from server.errors import ContextLengthExceeded
+from server.rag.chunking import chunk_document, split_sentences
+from server.rag.config import RagConfig
+from server.rag.encoder import Encoder
+from server.rag.pipeline import Document, compress_sense_expand
+from server.rag.store import CachedEncoder, MemoryStore, RedisStore
+
+NEEDLE = "The archive code of the Golden Falcon Works is 731904."
+QUESTION = "What is the archive code of the Golden Falcon Works?"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from server.model_store import prepare
+
+    return AutoTokenizer.from_pretrained(str(prepare()[0]))
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return Encoder()
+
+
+def haystack(seed: int, n: int, needle_at: int | None = None) -> str:
+    units = sentences(random.Random(seed), n)
+    if needle_at is not None:
+        units.insert(needle_at, NEEDLE)
+    return " ".join(units)
+
+
+def documents() -> list[Document]:
+    return [Document(f"doc-{i}", haystack(i, 30, needle_at=17 if i == 5 else None))
+            for i in range(8)]
+
+
+def test_sentences_and_chunks_keep_the_text(tokenizer):
+    text = haystack(1, 40) + "\n\nA heading without a stop\n" + "word " * 400
+    assert "".join(split_sentences(text)) == text
+    chunks = chunk_document(0, text, tokenizer, 64)
+    assert "".join(c.text for c in chunks) == text
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert all(c.tokens <= 64 for c in chunks)
+    assert all(len(tokenizer.encode(c.text)) <= 64 + 4 for c in chunks)  # seams re-tokenize
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"mode": "summarize"}, "unknown rag mode 'summarize'"),
+    ({"expand": 0}, "expand is a share"),
+    ({"expand": 1.5}, "expand is a share"),
+    ({"chunk_tokens": 8}, "chunk_tokens must be in"),
+    ({"expand_tokens": 0}, "expand_tokens must be at least 1"),
+    ({"chunk_tokens": "big"}, "wrong type"),
+    ({"top_k": 3}, "unknown rag option"),
+])
+def test_rag_options_are_validated(options, message):
+    with pytest.raises(ValueError, match=message):
+        RagConfig.from_dict(options)
+
+
+def test_the_chunk_the_question_needs_is_expanded(tokenizer, encoder):
+    docs = documents()
+    cached = CachedEncoder(encoder, MemoryStore())
+    plan = compress_sense_expand(docs, QUESTION, RagConfig(expand=0.1, mode="drop"),
+                                 tokenizer, cached)
+    p = plan.provenance
+    assert p["documents"] == 8 and p["chunks"] > 16
+    assert "doc-5" in {e["document"] for e in p["expanded"]}
+    best = max(p["expanded"], key=lambda e: e["score"])
+    assert best["document"] == "doc-5"
+    assert NEEDLE in plan.context
+    assert p["expanded_tokens"] <= 0.1 * p["document_tokens"] + 128
+    assert len(tokenizer.encode(plan.context)) < 0.2 * p["document_tokens"]
+    assert p["dropped_chunks"] == p["chunks"] - len(p["expanded"]) and "left out" in plan.context
+    # expanded chunks keep the documents' order
+    order = [(int(e["document"].split("-")[1]), e["chunk"]) for e in p["expanded"]]
+    assert order == sorted(order)
+
+
+def test_extractive_mode_keeps_the_closest_sentence_of_every_other_chunk(tokenizer, encoder):
+    docs = documents()
+    cached = CachedEncoder(encoder, MemoryStore())
+    drop = compress_sense_expand(docs, QUESTION, RagConfig(expand=0.1, mode="drop"),
+                                 tokenizer, cached)
+    extractive = compress_sense_expand(docs, QUESTION, RagConfig(expand=0.1), tokenizer, cached)
+    p = extractive.provenance
+    assert p["expanded"] == drop.provenance["expanded"]
+    assert p["compressed_chunks"] == p["chunks"] - len(p["expanded"]) and p["dropped_chunks"] == 0
+    full = sum(len(tokenizer.encode(d.text)) for d in docs)
+    assert len(tokenizer.encode(drop.context)) < len(tokenizer.encode(extractive.context)) < full
+    assert all(f"Document doc-{i}:" in extractive.context for i in range(8))
+
+
+def test_everything_fits_means_no_encoding(tokenizer):
+    class NoEncoder:
+        name = "none"
+
+        def encode(self, texts):
+            raise AssertionError("nothing to sense when every chunk is expanded")
+
+    docs = documents()
+    plan = compress_sense_expand(docs, QUESTION, RagConfig(expand=1.0), tokenizer, NoEncoder())
+    assert plan.provenance["expanded_tokens"] == plan.provenance["document_tokens"]
+    assert all(split_sentences(d.text)[0].strip() in plan.context for d in docs)
+    assert plan.context.count("Document doc-") == 8 and "left out" not in plan.context
+
+
+def test_encodings_are_cached_by_content(encoder):
+    lookups = []
+    cached = CachedEncoder(encoder, MemoryStore(), on_lookup=lambda h, m: lookups.append((h, m)))
+    texts = ["alpha beta", "gamma delta", "alpha beta"]
+    first, hits, encoded = cached.encode(texts)
+    assert (hits, encoded) == (0, 2)
+    assert torch.equal(first[0], first[2])
+    again, hits, encoded = cached.encode(texts[::-1])
+    assert (hits, encoded) == (2, 0) and torch.equal(again, first.flip(0))
+    torch.testing.assert_close(first, encoder.encode(texts))
+    assert lookups == [(0, 2), (2, 0)]
+
+
+def test_memory_store_forgets_least_recently_used():
+    store = MemoryStore(capacity=2)
+    store.put({"a": b"1", "b": b"2"})
+    store.get(["a"])
+    store.put({"c": b"3"})
+    assert store.get(["a", "b", "c"]) == [b"1", None, b"3"]
+
+
+def test_redis_store_shares_encodings_between_servers(encoder, redis_url):
+    import redis
+
+    first, _, encoded = CachedEncoder(encoder, RedisStore(redis_url)).encode(["one", "two"])
+    assert encoded == 2
+    keys = redis.Redis.from_url(redis_url).keys("longserve:chunk:all-MiniLM-L6-v2:*")
+    assert len(keys) == 2
+    other = CachedEncoder(encoder, RedisStore(redis_url))  # another replica, same Redis
+    second, hits, encoded = other.encode(["two", "one"])
+    assert (hits, encoded) == (2, 0) and torch.equal(second, first.flip(0))
+
+
+def context(tokenizer, encoder, window: int, max_tokens: int | None = 32) -> Context:
+    return Context(tokenizer=tokenizer, max_model_len=window, requested_tokens=max_tokens,
+                   template_kwargs={"add_generation_prompt": True},
+                   encoder=CachedEncoder(encoder, MemoryStore()))
+
+
+class Chat:
+    def __init__(self, messages):
+        self.messages, self.rag = messages, None
+
+
+def long_chat(needle_at: int) -> list[dict]:
+    return [{"role": "system", "content": "You answer from the text."},
+            {"role": "user", "content": f"Read the records.\n\n{haystack(3, 150, needle_at)}"
+                                        f"\n\nQuestion: {QUESTION}"}]
+
+
+def test_truncate_middle_keeps_head_tail_and_room(tokenizer, encoder):
+    ctx = context(tokenizer, encoder, 512)
+    chat = Chat(long_chat(needle_at=2))
+    before = ctx.count(chat.messages)
+    applied = asyncio.run(TruncateMiddle().apply(chat, ctx))
+    text = message_text(chat.messages[1])
+    assert applied["changed"] and applied["message"] == 1
+    assert ctx.count(chat.messages) == applied["fitted_tokens"] <= 512 - 32
+    assert applied["dropped_tokens"] >= before - (512 - 32)
+    assert chat.messages[0]["content"] == "You answer from the text."
+    assert text.startswith("Read the records.") and text.endswith(QUESTION)
+    assert f"[... {applied['dropped_tokens']} tokens left out ...]" in text
+    assert NEEDLE in text  # near the head: kept
+
+
+def test_truncate_middle_leaves_a_fitting_prompt_alone(tokenizer, encoder):
+    chat = Chat([{"role": "user", "content": "hi"}])
+    applied = asyncio.run(TruncateMiddle().apply(chat, context(tokenizer, encoder, 512)))
+    assert applied == {"name": "truncate_middle", "changed": False,
+                       "prompt_tokens": applied["prompt_tokens"]}
+    assert chat.messages == [{"role": "user", "content": "hi"}]
+
+
+def test_truncate_middle_says_when_it_cannot(tokenizer, encoder):
+    chat = Chat([{"role": "system", "content": haystack(4, 60)},
+                 {"role": "user", "content": haystack(5, 100)}])
+    with pytest.raises(ContextLengthExceeded, match="without the longest message"):
+        asyncio.run(TruncateMiddle().apply(chat, context(tokenizer, encoder, 512)))
+
+
+def test_rag_strategy_reads_the_input_as_a_document(tokenizer, encoder):
+    ctx = context(tokenizer, encoder, 512)
+    chat = Chat(long_chat(needle_at=80))  # the middle: truncate_middle would lose it
+    applied = asyncio.run(Rag().apply(chat, ctx))
+    text = message_text(chat.messages[1])
+    assert applied["changed"] and ctx.count(chat.messages) <= 512 - 32
+    assert NEEDLE in text and text.startswith("Read the records.") and text.endswith(QUESTION)
+    assert applied["rag"]["mode"] == "drop" and applied["rag"]["expanded"]
+    lost = Chat(long_chat(needle_at=80))
+    asyncio.run(TruncateMiddle().apply(lost, ctx))
+    assert NEEDLE not in message_text(lost.messages[1])
+
+
+@pytest.mark.parametrize("documents, message", [
+    ([], "at least one document"),
+    (["fine", "  "], r"documents\[1\] is empty"),
+    ([{"id": "a"}], "text"),
+])
+def test_documents_are_validated(documents, message):
+    from pydantic import ValidationError
+
+    from server.openai.protocol import LongserveChatCompletionRequest
+
+    with pytest.raises(ValidationError, match=message):
+        LongserveChatCompletionRequest(messages=[{"role": "user", "content": "q"}],
+                                       documents=documents)
