@@ -318,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     rg.add_argument("--samples", type=int, default=10, help="samples per length")
     rg.add_argument("--documents", type=int, default=24, help="documents per sample (16-32)")
     rg.add_argument("--runs", default="drop@0.1,extractive@0.1",
-                    help="RAG runs as MODE@EXPAND_SHARE, comma-separated (`all` always runs)")
+                    help="RAG runs as MODE@EXPAND_SHARE[/CHUNK_TOKENS], comma-separated (`all` always "
+                    "runs)")
     cx = sub.add_parser("context", help="long-context strategies on prompts longer than the "
                         "served window: score, latency, tokens spent")
     _common(cx)

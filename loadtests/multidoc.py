@@ -53,9 +53,9 @@ def build_multidoc(n_docs: int, target_tokens: int, index: int, seed: int, token
         question = f"What is the archive code of {c}?"
         prefix = f"Answer: The archive code of {c} is"
     else:
-        question = (f"What are the archive codes of {companies[asked[0]]} and of "
-                    f"{companies[asked[1]]}?")
-        prefix = "Answer:"
+        first, second = companies[asked[0]], companies[asked[1]]
+        question = f"What are the archive codes of {first} and of {second}?"
+        prefix = f"Answer: The archive code of {first} is"
     messages = [{"role": "user", "content": f"{INSTRUCTION}\n\nQuestion: {question}"},
                 {"role": "assistant", "content": prefix}]
     seeds = [rng.random() for _ in companies]
@@ -65,7 +65,8 @@ def build_multidoc(n_docs: int, target_tokens: int, index: int, seed: int, token
                      for i, (s, c, code) in enumerate(zip(seeds, companies, codes))]
         return Sample(id=f"multidoc_qa-{target_tokens}-{index}", task="multidoc_qa",
                       length=target_tokens, messages=messages,
-                      answers=[codes[i] for i in asked], metric="all", max_tokens=24,
+                      answers=[codes[i] for i in asked], metric="all",
+                      max_tokens=24 * len(asked),
                       meta={"documents": documents, "answer_documents": asked,
                             "question": question})
 

@@ -3,9 +3,9 @@
 `rag`: multi-document QA (loadtests.multidoc), every document in the prompt (`all`, the
 reference) against the RAG path (`documents` + `rag` options) on the same samples, one
 request at a time, each prefill cold (fresh `cache_salt`). Each RAG run is sent twice
-per sample: `cold` (the chunk store has never seen the documents: the encoder runs) then
-`warm` (the encodings come from the store). TTFT speed-up: geometric mean over samples
-of `all` TTFT / run TTFT.
+per sample: `cold` (`rag.cache` false: the encoder runs on every chunk) then `warm`
+(after a one-token request filled the chunk store: the encodings come from it). TTFT
+speed-up: geometric mean over samples of `all` TTFT / run TTFT.
 
 `context`: prompts 2-4x the served window under `truncate_middle`, `rag` and
 `chain_of_agents`: score, latency to the first token and the tokens each strategy spent
@@ -25,16 +25,19 @@ ALL = "all"
 
 
 def parse_rag_runs(spec: str) -> list[dict]:
-    """`drop@0.1,extractive@0.1` -> RAG options (mode@expand share)."""
+    """`drop@0.1,extractive@0.1/64` -> RAG options (MODE@EXPAND_SHARE[/CHUNK_TOKENS])."""
     runs = []
     for item in spec.split(","):
+        item, _, chunk = item.partition("/")
         mode, _, expand = item.partition("@")
-        runs.append({"mode": mode, **({"expand": float(expand)} if expand else {})})
+        runs.append({"mode": mode, **({"expand": float(expand)} if expand else {}),
+                     **({"chunk_tokens": int(chunk)} if chunk else {})})
     return runs
 
 
 def _label(options: dict) -> str:
-    return f"{options['mode']}@{options.get('expand', 'default')}"
+    chunk = f"/{options['chunk_tokens']}" if "chunk_tokens" in options else ""
+    return f"{options['mode']}@{options.get('expand', 'default')}{chunk}"
 
 
 async def run_rag(url: str, model: str, samples: list[Sample], runs: list[dict], *,
@@ -60,11 +63,16 @@ async def run_rag(url: str, model: str, samples: list[Sample], runs: list[dict],
                         bar.update()
                         continue
                     body = {"documents": sample.meta["documents"], "rag": options}
-                    for temperature in ("cold", "warm"):
-                        records[f"{_label(options)} {temperature}"].append(await _ask(
-                            client, model, sample, {**body, "cache_salt": uuid.uuid4().hex},
-                            stream=True))
-                        bar.update()
+                    cold = {**body, "rag": {**options, "cache": False}}
+                    records[f"{_label(options)} cold"].append(await _ask(
+                        client, model, sample, {**cold, "cache_salt": uuid.uuid4().hex},
+                        stream=True))
+                    await _ask(client, model, dataclasses.replace(sample, max_tokens=1),
+                               {**body, "cache_salt": uuid.uuid4().hex})  # fills the store
+                    records[f"{_label(options)} warm"].append(await _ask(
+                        client, model, sample, {**body, "cache_salt": uuid.uuid4().hex},
+                        stream=True))
+                    bar.update(2)
     finally:
         await client.close()
     return records

@@ -68,6 +68,7 @@ def test_sentences_and_chunks_keep_the_text(tokenizer):
     ({"expand_tokens": 0}, "expand_tokens must be at least 1"),
     ({"chunk_tokens": "big"}, "wrong type"),
     ({"top_k": 3}, "unknown rag option"),
+    ({"cache": "no"}, "wrong type"),
 ])
 def test_rag_options_are_validated(options, message):
     with pytest.raises(ValueError, match=message):
@@ -98,7 +99,8 @@ def test_extractive_mode_keeps_the_closest_sentence_of_every_other_chunk(tokeniz
     cached = CachedEncoder(encoder, MemoryStore())
     drop = compress_sense_expand(docs, QUESTION, RagConfig(expand=0.1, mode="drop"),
                                  tokenizer, cached)
-    extractive = compress_sense_expand(docs, QUESTION, RagConfig(expand=0.1), tokenizer, cached)
+    extractive = compress_sense_expand(docs, QUESTION, RagConfig(expand=0.1, mode="extractive"),
+                                       tokenizer, cached)
     p = extractive.provenance
     assert p["expanded"] == drop.provenance["expanded"]
     assert p["compressed_chunks"] == p["chunks"] - len(p["expanded"]) and p["dropped_chunks"] == 0
@@ -132,6 +134,8 @@ def test_encodings_are_cached_by_content(encoder):
     assert (hits, encoded) == (2, 0) and torch.equal(again, first.flip(0))
     torch.testing.assert_close(first, encoder.encode(texts))
     assert lookups == [(0, 2), (2, 0)]
+    _, hits, encoded = cached.encode(["alpha beta", "epsilon"], cache=False)
+    assert (hits, encoded) == (0, 2) and cached.store.get(["epsilon"]) == [None]
 
 
 def test_memory_store_forgets_least_recently_used():

@@ -14,20 +14,23 @@ class RagConfig:
     documents' tokens expanded as raw text, in (0, 1]; expand_tokens: a token budget
     instead (wins over `expand`); mode: what becomes of the other chunks — `drop` (a
     marker says how many passages were left out) or `extractive` (each keeps its
-    `sentences` sentences closest to the question)."""
+    `sentences` sentences closest to the question); cache: read and write the chunk
+    store (false: encode afresh and keep nothing). Defaults: the best measured on the
+    default model (BENCHMARKS.md, issue 7)."""
 
-    chunk_tokens: int = 128
-    expand: float = 0.25
+    chunk_tokens: int = 64
+    expand: float = 0.1
     expand_tokens: int | None = None
-    mode: str = "extractive"
+    mode: str = "drop"
     sentences: int = 1
+    cache: bool = True
 
     def __post_init__(self) -> None:
         for name, kind in (("chunk_tokens", int), ("expand", (int, float)),
                            ("expand_tokens", (int, type(None))), ("mode", str),
-                           ("sentences", int)):
+                           ("sentences", int), ("cache", bool)):
             value = getattr(self, name)
-            if not isinstance(value, kind) or isinstance(value, bool):
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
                 raise ValueError(f"rag option {name} has the wrong type: {value!r}")
         if not 16 <= self.chunk_tokens <= 1024:
             raise ValueError(f"chunk_tokens must be in [16, 1024], got {self.chunk_tokens}")

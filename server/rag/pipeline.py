@@ -79,14 +79,15 @@ def compress_sense_expand(documents: list[Document], question: str, config: RagC
     if budget >= total:  # everything fits: nothing to sense
         expanded, extracts, scores = set(range(len(chunks))), {}, torch.ones(len(chunks))
     else:
-        vectors, hits, encoded = encoder.encode([c.text for c in chunks] + [question])
+        vectors, hits, encoded = encoder.encode([c.text for c in chunks] + [question],
+                                                  config.cache)
         query, scores = vectors[-1], vectors[:-1] @ vectors[-1]
         expanded = _select(chunks, scores, budget)
         extracts = {}
         if config.mode == "extractive":
             rest = [i for i in range(len(chunks)) if i not in expanded]
             texts = [s for i in rest for s in chunks[i].sentences]
-            sentence_vectors, more_hits, more_encoded = encoder.encode(texts)
+            sentence_vectors, more_hits, more_encoded = encoder.encode(texts, config.cache)
             hits, encoded = hits + more_hits, encoded + more_encoded
             start = 0
             for i in rest:

@@ -82,12 +82,13 @@ class CachedEncoder:
     def name(self) -> str:
         return self.encoder.name
 
-    def encode(self, texts: list[str]) -> tuple[torch.Tensor, int, int]:
+    def encode(self, texts: list[str], cache: bool = True) -> tuple[torch.Tensor, int, int]:
         """(len(texts), dim) unit vectors, how many distinct texts came from the store and
-        how many were encoded (a text that repeats within the call counts once)."""
+        how many were encoded (a text that repeats within the call counts once). Without
+        `cache` the store is neither read nor written."""
         unique = list(dict.fromkeys(texts))
         keys = [chunk_key(self.encoder.name, text) for text in unique]
-        found = self.store.get(keys)
+        found = self.store.get(keys) if cache else [None] * len(unique)
         missing = [i for i, value in enumerate(found) if value is None]
         vectors = torch.empty(len(unique), self.encoder.dim)
         for i, value in enumerate(found):
@@ -96,8 +97,9 @@ class CachedEncoder:
         if missing:
             fresh = self.encoder.encode([unique[i] for i in missing])
             vectors[missing] = fresh
-            self.store.put({keys[i]: fresh[j].numpy().tobytes()
-                            for j, i in enumerate(missing)})
+            if cache:
+                self.store.put({keys[i]: fresh[j].numpy().tobytes()
+                                for j, i in enumerate(missing)})
         hits = len(unique) - len(missing)
         if self.on_lookup:
             self.on_lookup(hits, len(missing))
