@@ -91,15 +91,26 @@ def join(*parts: str) -> str:
 
 class Strategy:
     """`apply` may rewrite the request's messages before vLLM renders them and returns
-    what it did (echoed as `longserve.context`); `check` runs after rendering."""
+    what it did (echoed as `longserve.context`); `check` runs after rendering. A
+    strategy implements `fit` (or the async `shorten`): make the prompt fit by rewriting
+    its longest message; it runs only for prompts that do not fit."""
 
     name = "base"
 
     async def apply(self, request, ctx: Context) -> dict:
-        return await asyncio.to_thread(self.plan, request, ctx)  # tokenizing is CPU work
+        prompt = await asyncio.to_thread(ctx.count, request.messages)  # CPU work
+        if prompt <= ctx.room:
+            return {"name": self.name, "changed": False, "prompt_tokens": prompt}
+        index = longest_message(request.messages)
+        done = await self.shorten(request, ctx, index, prompt)
+        return {"name": self.name, "changed": True, "message": index, "prompt_tokens": prompt,
+                "reserved_tokens": ctx.reserve, **done}
 
-    def plan(self, request, ctx: Context) -> dict:
-        return {"name": self.name, "changed": False}
+    async def shorten(self, request, ctx: Context, index: int, prompt: int) -> dict:
+        return await asyncio.to_thread(self.fit, request, ctx, index, prompt)
+
+    def fit(self, request, ctx: Context, index: int, prompt: int) -> dict:
+        raise NotImplementedError
 
     def check(self, *, prompt_tokens: int, requested_tokens: int | None, max_model_len: int,
               field: str) -> None:

@@ -5,13 +5,13 @@ body replaced by the last notes, and streams as usual. Usage counts every call."
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from server.context.base import (
     Context,
     Strategy,
     join,
-    longest_message,
     message_text,
     split_long_text,
     with_content,
@@ -35,22 +35,26 @@ MANAGER = "The text was too long to read at once; notes taken while reading it:\
 class ChainOfAgents(Strategy):
     name = "chain_of_agents"
 
-    async def apply(self, request, ctx: Context) -> dict:
-        messages = request.messages
-        prompt = ctx.count(messages)
-        if prompt <= ctx.room:
-            return {"name": self.name, "changed": False, "prompt_tokens": prompt}
-        index = longest_message(messages)
-        head, body, question = split_long_text(message_text(messages[index]), ctx)
+    @staticmethod
+    def _pieces(ctx: Context, text: str) -> tuple[str, str, list[str], int]:
+        """(head, question, the body's pieces, piece size): a worker's prompt holds its
+        piece, the notes so far (up to NOTES_TOKENS) and leaves NOTES_TOKENS to write."""
+        head, body, question = split_long_text(text, ctx)
         question = question or "Summarize the text."
-        frame = len(self._worker_ids(ctx, "", "x" * 4 * NOTES_TOKENS, question, 99, 99))
-        piece_tokens = ctx.max_model_len - NOTES_TOKENS - frame - 16
+        frame = len(ChainOfAgents._worker_ids(ctx, "", "", question, 99, 99))
+        piece_tokens = ctx.max_model_len - frame - 2 * NOTES_TOKENS - 16
         if piece_tokens < 128:
             raise ContextLengthExceeded(
-                f"chain_of_agents needs a window of at least {frame + NOTES_TOKENS + 144} "
-                f"tokens for its worker prompts; this model's is {ctx.max_model_len}",
+                f"chain_of_agents needs a window of at least {frame + 2 * NOTES_TOKENS + 144}"
+                f" tokens for its worker prompts; this model's is {ctx.max_model_len}",
                 param="messages")
         pieces = [c.text for c in chunk_document(0, body, ctx.tokenizer, piece_tokens)]
+        return head, question, pieces, piece_tokens
+
+    async def shorten(self, request, ctx: Context, index: int, prompt: int) -> dict:
+        messages = request.messages
+        head, question, pieces, piece_tokens = await asyncio.to_thread(
+            self._pieces, ctx, message_text(messages[index]))
         notes, usage = "(none yet)", {"prompt_tokens": 0, "completion_tokens": 0}
         for k, piece in enumerate(pieces, 1):
             ids = self._worker_ids(ctx, piece, notes, question, k, len(pieces))
@@ -60,8 +64,7 @@ class ChainOfAgents(Strategy):
         candidate = with_content(messages, index, join(head, MANAGER.format(notes=notes),
                                                        question))
         request.messages = candidate
-        return {"name": self.name, "changed": True, "message": index, "prompt_tokens": prompt,
-                "workers": len(pieces), "piece_tokens": piece_tokens,
+        return {"workers": len(pieces), "piece_tokens": piece_tokens,
                 "notes_tokens": NOTES_TOKENS, "manager_prompt_tokens": ctx.count(candidate),
                 "worker_usage": usage}
 

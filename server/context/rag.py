@@ -11,7 +11,6 @@ from server.context.base import (
     Context,
     Strategy,
     join,
-    longest_message,
     message_text,
     split_long_text,
     with_content,
@@ -24,12 +23,8 @@ from server.rag.pipeline import Document, compress_sense_expand
 class Rag(Strategy):
     name = "rag"
 
-    def plan(self, request, ctx: Context) -> dict:
+    def fit(self, request, ctx: Context, index: int, prompt: int) -> dict:
         messages = request.messages
-        prompt = ctx.count(messages)
-        if prompt <= ctx.room:
-            return {"name": self.name, "changed": False, "prompt_tokens": prompt}
-        index = longest_message(messages)
         head, body, question = split_long_text(message_text(messages[index]), ctx)
         options = dict(getattr(request, "rag", None) or {})
         options.setdefault("mode", "drop")
@@ -49,9 +44,7 @@ class Rag(Strategy):
             fitted = ctx.count(candidate)
             if fitted <= ctx.room:
                 request.messages = candidate
-                return {"name": self.name, "changed": True, "message": index,
-                        "prompt_tokens": prompt, "fitted_tokens": fitted,
-                        "reserved_tokens": ctx.reserve, "rag": plan.provenance}
+                return {"fitted_tokens": fitted, "rag": plan.provenance}
             budget -= fitted - ctx.room + 16
         raise ContextLengthExceeded("rag did not converge on a prompt that fits",
                                     param="messages")

@@ -8,3 +8,6 @@ from server.context.base import Strategy
 
 class Reject(Strategy):
     name = "reject"
+
+    async def apply(self, request, ctx) -> dict:
+        return {"name": self.name, "changed": False}  # vLLM's render counts, check() decides

@@ -5,19 +5,15 @@ prompt and the response's `longserve.context` say how many tokens went."""
 
 from __future__ import annotations
 
-from server.context.base import Context, Strategy, longest_message, message_text, with_content
+from server.context.base import Context, Strategy, message_text, with_content
 from server.errors import ContextLengthExceeded
 
 
 class TruncateMiddle(Strategy):
     name = "truncate_middle"
 
-    def plan(self, request, ctx: Context) -> dict:
+    def fit(self, request, ctx: Context, index: int, prompt: int) -> dict:
         messages = request.messages
-        prompt = ctx.count(messages)
-        if prompt <= ctx.room:
-            return {"name": self.name, "changed": False, "prompt_tokens": prompt}
-        index = longest_message(messages)
         ids = ctx.tokens(message_text(messages[index]))
         cut = prompt - ctx.room
         for _ in range(4):  # re-tokenizing at the seams can move the count by a few tokens
@@ -37,8 +33,6 @@ class TruncateMiddle(Strategy):
             fitted = ctx.count(candidate)
             if fitted <= ctx.room:
                 request.messages = candidate
-                return {"name": self.name, "changed": True, "message": index,
-                        "prompt_tokens": prompt, "fitted_tokens": fitted,
-                        "dropped_tokens": dropped, "reserved_tokens": ctx.reserve}
+                return {"fitted_tokens": fitted, "dropped_tokens": dropped}
             cut += fitted - ctx.room
         raise ContextLengthExceeded("truncate_middle did not converge", param="messages")
