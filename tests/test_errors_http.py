@@ -95,7 +95,8 @@ def test_completion_prompt_too_long_names_prompt(server, auth):
     ({"kv_policy": {"name": "snapkv", "budget": 1.5}}, "not a valid ratio", "kv_policy"),
     ({"kv_policy": {"name": "full", "budget": 0.5}}, "takes no budget", "kv_policy"),
     ({"kv_policy": {"name": "full", "extra": 1}}, "Extra inputs", "kv_policy.extra"),
-    ({"context_strategy": "truncate_everything"}, "valid names: reject", "context_strategy"),
+    ({"context_strategy": "truncate_everything"},
+     "valid names: chain_of_agents, rag, reject, truncate_middle", "context_strategy"),
 ], ids=["unknown-policy", "bad-ratio", "budget-for-full", "unknown-field", "unknown-strategy"])
 def test_unknown_policy_or_strategy_is_400_listing_valid(server, auth, body, fragment, param):
     assert_error(post(server, auth, {"messages": HI, **body}), 400, fragment, param=param)

@@ -37,7 +37,7 @@ def test_settings_read_env_and_init_wins(monkeypatch):
     ({"kv_policy": "nope"}, "valid names: actqkv, chunkkv, d2o, full, h2o, kivi2, kivi4, kivi8, "
                                "kvmerger, quest, snapkv, streaming, tova"),
     ({"kv_policy": "snapkv", "kv_budget": 0}, "keep at least 1 token"),
-    ({"context_strategy": "nope"}, "valid names: reject"),
+    ({"context_strategy": "nope"}, "valid names: chain_of_agents, rag, reject, truncate_middle"),
     ({"kv_policy": "full", "kv_budget": 0.5}, "takes no budget"),
     ({"port": 0}, "greater than or equal to 1"),
     ({"unknown_flag": 1}, "Extra inputs"),
@@ -59,10 +59,9 @@ def test_extensions_travel_in_extra_args():
     req = chat_request(kv_policy={"name": "full"}, context_strategy="reject",
                        vllm_xargs={"other": 1})
     params = req.to_sampling_params(16, {})
-    assert params.extra_args == {
+    assert params.extra_args == {  # what the engine reads; the context is the server's
         "other": 1,
-        "longserve": {"kv_policy": {"name": "full", "budget": None}, "attention": None,
-                      "context_strategy": "reject"},
+        "longserve": {"kv_policy": {"name": "full", "budget": None}, "attention": None},
     }
 
 

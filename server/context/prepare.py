@@ -64,7 +64,8 @@ def insert_documents(request, ctx: Context, max_tokens: int) -> dict:
 
 
 async def prepare_chat(request, state) -> dict:
-    """{"rag": provenance (when documents came), "context": what the strategy did}."""
+    """{"rag": provenance (when documents came), "context": what the strategy did (every
+    strategy but `reject`)}."""
     ctx = context_for(request, state)
     out = {}
     if request.documents is not None:
@@ -74,7 +75,9 @@ async def prepare_chat(request, state) -> dict:
         raise LongserveError("`rag` options apply to `documents`, or to context_strategy "
                              "`rag`; this request has neither", param="rag")
     strategy = get_strategy(request.context_strategy)
-    out["context"] = await strategy.apply(request, ctx)
-    if out["context"].get("changed"):
-        metrics.CONTEXT_APPLIED.labels(strategy=strategy.name).inc()
+    applied = await strategy.apply(request, ctx)
+    if applied is not None:  # `reject` has nothing to report before vLLM counts
+        out["context"] = applied
+        if applied["changed"]:
+            metrics.CONTEXT_APPLIED.labels(strategy=strategy.name).inc()
     return out

@@ -9,5 +9,5 @@ from server.context.base import Strategy
 class Reject(Strategy):
     name = "reject"
 
-    async def apply(self, request, ctx) -> dict:
-        return {"name": self.name, "changed": False}  # vLLM's render counts, check() decides
+    async def apply(self, request, ctx) -> None:
+        return None  # nothing to do before rendering: vLLM counts, check() decides
