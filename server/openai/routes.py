@@ -106,7 +106,7 @@ def _shape_event(chunk: str, applied: dict | None, extra_usage: dict | None) -> 
     payload = chunk.removeprefix("data: ").strip()
     if not chunk.startswith("data: ") or payload == "[DONE]":
         return chunk
-    if applied is None and not (extra_usage and '"usage":{' in payload.replace(" ", "")):
+    if applied is None and extra_usage is None:
         return chunk
     event = json.loads(payload)
     if "error" not in event and applied is not None:

@@ -3,6 +3,7 @@ the budget as raw text in their original order, compress the rest (see `RagConfi
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -40,25 +41,32 @@ def _extract(chunk: Chunk, vectors: torch.Tensor, query: torch.Tensor, keep: int
     return " ".join(chunk.sentences[i].strip() for i in sorted(best.tolist()))
 
 
+def _left_out(n: int) -> str:
+    return f"[... {n} passage{'s' * (n > 1)} left out ...]"
+
+
 def _render(documents: list[Document], chunks: list[Chunk], expanded: set[int],
             extracts: dict[int, str]) -> str:
+    """Each document with a kept chunk: its kept chunks in order, a marker for each run of
+    left-out ones; a document with nothing kept is left out whole. `chunks` are grouped by
+    document, in order (chunk_documents)."""
     parts: list[str] = []
-    for d, document in enumerate(documents):
-        pieces, left_out = [], 0
-        for i, chunk in enumerate(chunks):
-            if chunk.document != d:
-                continue
-            if i in expanded or i in extracts:
-                if left_out:
-                    pieces.append(f"[... {left_out} passage{'s' * (left_out > 1)} left out ...]")
-                    left_out = 0
-                pieces.append(chunk.text.strip() if i in expanded else f"... {extracts[i]} ...")
-            else:
+    by_document = itertools.groupby(enumerate(chunks), key=lambda item: item[1].document)
+    for d, group in by_document:
+        pieces, left_out, kept = [], 0, False
+        for i, chunk in group:
+            if i not in expanded and i not in extracts:
                 left_out += 1
-        if any(p[0] != "[" for p in pieces):  # a document with nothing kept is left out whole
+                continue
             if left_out:
-                pieces.append(f"[... {left_out} passage{'s' * (left_out > 1)} left out ...]")
-            parts.append(f"Document {document.id}:\n" + "\n".join(pieces))
+                pieces.append(_left_out(left_out))
+                left_out = 0
+            pieces.append(chunk.text.strip() if i in expanded else f"... {extracts[i]} ...")
+            kept = True
+        if kept:
+            if left_out:
+                pieces.append(_left_out(left_out))
+            parts.append(f"Document {documents[d].id}:\n" + "\n".join(pieces))
     return "\n\n".join(parts)
 
 
