@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import threading
 import time
 import uuid
@@ -63,15 +64,20 @@ def run(server, auth, *payloads) -> list[list[int]]:
     return asyncio.run(go())
 
 
-def sample_while_streaming(server, auth, payload: dict, probe=None) -> list:
-    """`probe(metrics_text)` (by default vLLM's KV usage) read again and again while the
-    request decodes, as the engine saw it. A poller thread scrapes `/metrics` from the
-    moment the request is sent; a sample is kept when vLLM's generation counter in the
-    same scrape (set with the KV gauge, from one engine step) shows the request past its
-    8th token and short of its last: prefill done, the policy applied, blocks still held.
-    Timing by the client's stream is not enough: a busy machine can deliver the whole
-    stream late, after the request left the engine and the gauge went back to 0.
+def sample_while_streaming(server, auth, payload: dict, probe=None, want: int = 3) -> list:
+    """`(tokens generated, probe(metrics_text))` read while the request decodes, as the
+    engine saw it; `probe` is vLLM's KV usage by default. A poller thread scrapes
+    `/metrics` from the moment the request is sent; a sample is kept when vLLM's
+    generation counter in the same scrape (set with the KV gauge, from one engine step)
+    shows the request past its 8th token and short of its last: prefill done, the policy
+    applied, blocks still held. Once `want` samples are in, the client closes the stream
+    (vLLM aborts the request) and the engine is waited back to idle. Timing by the
+    client is not enough: on a busy machine one scrape can take longer than a short
+    decode, so `max_tokens` should leave the poller hundreds of tokens, and the caller
+    judges each sample at its own token count (`blocks_of`, `full_cache_blocks`).
     `payload` must run to `max_tokens` (ignore_eos) on an otherwise idle engine."""
+    from tests.test_limits_http import wait_engine_idle
+
     assert payload.get("ignore_eos"), "the window is counted in generated tokens"
     probe = probe or (lambda text: metric_value(text, "vllm:kv_cache_usage_perc"))
     generated = lambda text: metric_value(text, "vllm:generation_tokens_total")  # noqa: E731
@@ -81,31 +87,52 @@ def sample_while_streaming(server, auth, payload: dict, probe=None) -> list:
 
     def poll():
         while not done.is_set():
-            text = metrics(server, auth)
+            try:
+                text = httpx.get(server.url + "/metrics", headers=auth, timeout=60).text
+            except httpx.HTTPError:  # a starved server: try again
+                continue
             count, value = generated(text), probe(text)
             seen.append(count - base)
             if window[0] <= count < window[1]:
-                samples.append(value)
+                samples.append((count - base, value))
             time.sleep(0.02)
 
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
     try:
         with httpx.stream("POST", server.url + "/v1/chat/completions", headers=auth,
-                          json={**payload, "stream": True}, timeout=120) as resp:
+                          json={**payload, "stream": True}, timeout=300) as resp:
             assert resp.status_code == 200, resp.read()
             for _ in resp.iter_lines():
-                pass
+                if len(samples) >= want:
+                    break  # closing the stream aborts the request
     finally:
         done.set()
         poller.join()
+    wait_engine_idle(server, auth, timeout=120)
     assert samples, f"no scrape while the request decoded (tokens seen: {sorted(set(seen))})"
     return samples
 
 
-def usage_while_streaming(server, auth, payload: dict) -> float:
-    """The highest KV usage vLLM reports while the request decodes."""
-    return max(sample_while_streaming(server, auth, payload))
+def total_blocks(server, auth) -> int:
+    """Blocks in vLLM's KV cache, as its usage gauge counts them (the null block aside)."""
+    text = metrics(server, auth)
+    return int(re.search(r'vllm:cache_config_info\{[^}]*num_gpu_blocks="(\d+)"', text)[1]) - 1
+
+
+def blocks_of(server, auth, usage: float) -> int:
+    return round(usage * total_blocks(server, auth))
+
+
+def full_cache_blocks(prompt_tokens: int, generated: float) -> int:
+    """Blocks a request holds under the full cache once it has generated `generated`."""
+    return -(-(prompt_tokens + int(generated)) // BLOCK)
+
+
+def blocks_while_streaming(server, auth, payload: dict, prompt_tokens: int) -> list:
+    """`(blocks held, blocks the full cache holds at the same token count)` per sample."""
+    return [(blocks_of(server, auth, usage), full_cache_blocks(prompt_tokens, count))
+            for count, usage in sample_while_streaming(server, auth, payload)]
 
 
 @pytest.mark.parametrize("policy", [{"name": "snapkv", "budget": 0.3}, {"name": "kivi4"}],
@@ -118,15 +145,18 @@ def test_compressed_request_gives_blocks_back(server, auth, needle_prompts, poli
     wait_engine_idle(server, auth, timeout=120)  # usage then counts these requests only
     freed_before = metric_value(metrics(server, auth), "longserve_kv_blocks_freed_total",
                                 policy=name)
-    long_run = {"max_tokens": 128, "ignore_eos": True}
-    usage_full = usage_while_streaming(server, auth, body(full, salt=uuid.uuid4().hex, **long_run))
-    usage_policy = usage_while_streaming(server, auth, body(
-        compressed, policy, salt=uuid.uuid4().hex, **long_run))
+    long_run = {"max_tokens": 1024, "ignore_eos": True}  # aborted once sampled
+    # the measurement itself: under the full cache the gauge shows the request's blocks
+    for held, expected in blocks_while_streaming(
+            server, auth, body(full, salt=uuid.uuid4().hex, **long_run), full.prompt_tokens):
+        assert expected <= held <= expected + 1, (held, expected)
+    for held, expected in blocks_while_streaming(server, auth, body(
+            compressed, policy, salt=uuid.uuid4().hex, **long_run), compressed.prompt_tokens):
+        assert 0 < held < 0.5 * expected, (held, expected)
     text = metrics(server, auth)
     freed = metric_value(text, "longserve_kv_blocks_freed_total", policy=name) - freed_before
     prompt_blocks = -(-compressed.prompt_tokens // BLOCK)
     assert freed >= prompt_blocks // 2, (freed, prompt_blocks)
-    assert 0 < usage_policy < 0.5 * usage_full, (usage_policy, usage_full)
     assert metric_value(text, "longserve_kv_memory_ratio", policy=name) < 0.45
     if name == "snapkv":  # evicts: fewer entries
         assert metric_value(text, "longserve_kv_compression_ratio", policy=name) < 0.45
