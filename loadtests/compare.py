@@ -3,7 +3,6 @@ flags, the same workload against both in one invocation, ratios ours / stock."""
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 from pathlib import Path

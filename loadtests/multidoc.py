@@ -17,12 +17,12 @@ from loadtests.tasks import ADJ, CITIES, NAMES, NOUN, SURNAMES, Sample, _max_fit
 INSTRUCTION = "Answer the question from the company records."
 
 
-def _companies(rng: random.Random, n: int) -> list[str]:
+def companies(rng: random.Random, n: int) -> list[str]:
     pairs = rng.sample([(a, b) for a in ADJ for b in NOUN], n)
     return [f"{a.title()} {b.title()} Works" for a, b in pairs]
 
 
-def _record(rng: random.Random, company: str, code: str, filler: int) -> str:
+def record(rng: random.Random, company: str, code: str, filler: int) -> str:
     facts = [
         f"{company} was founded in {rng.randint(1850, 1990)} by {rng.choice(NAMES)} "
         f"{rng.choice(SURNAMES)}.",
@@ -45,24 +45,24 @@ def single_prompt(sample: Sample) -> list[dict]:
 def build_multidoc(n_docs: int, target_tokens: int, index: int, seed: int, tokenizer) -> Sample:
     """Even `index`: the answer is in one document; odd: in two."""
     rng = random.Random(f"{seed}:multidoc:{n_docs}:{target_tokens}:{index}")
-    companies = _companies(rng, n_docs)
+    names = companies(rng, n_docs)
     codes = [str(c) for c in rng.sample(range(100000, 999999), n_docs)]
     asked = rng.sample(range(n_docs), 1 if index % 2 == 0 else 2)
     if len(asked) == 1:
-        c = companies[asked[0]]
+        c = names[asked[0]]
         question = f"What is the archive code of {c}?"
         prefix = f"Answer: The archive code of {c} is"
     else:
-        first, second = companies[asked[0]], companies[asked[1]]
+        first, second = names[asked[0]], names[asked[1]]
         question = f"What are the archive codes of {first} and of {second}?"
         prefix = f"Answer: The archive code of {first} is"
     messages = [{"role": "user", "content": f"{INSTRUCTION}\n\nQuestion: {question}"},
                 {"role": "assistant", "content": prefix}]
-    seeds = [rng.random() for _ in companies]
+    seeds = [rng.random() for _ in names]
 
     def sample(filler: int) -> Sample:
-        documents = [{"id": f"record-{i}", "text": _record(random.Random(s), c, code, filler)}
-                     for i, (s, c, code) in enumerate(zip(seeds, companies, codes))]
+        documents = [{"id": f"record-{i}", "text": record(random.Random(s), c, code, filler)}
+                     for i, (s, c, code) in enumerate(zip(seeds, names, codes))]
         return Sample(id=f"multidoc_qa-{target_tokens}-{index}", task="multidoc_qa",
                       length=target_tokens, messages=messages,
                       answers=[codes[i] for i in asked], metric="all",

@@ -47,6 +47,12 @@ async def _start_engine(app: FastAPI) -> None:
         state.admission.max_num_seqs = state.engine.vllm_config.scheduler_config.max_num_seqs
         state.serving = await build_serving(state.engine, state.vllm_args)
         await asyncio.to_thread(state.chunk_encoder.encoder.load)
+        if state.settings.rag_projection:
+            from server.rag.projection import load_projection
+
+            state.rag_projection = load_projection(
+                state.settings.rag_projection, state.chunk_encoder.name,
+                state.engine.model_config.get_hidden_size())
     except (Exception, SystemExit):  # SystemExit: vLLM's argument parser rejected a flag
         logger.exception("the engine failed to start")
         _die(app)
@@ -115,6 +121,7 @@ def build_app(settings: Settings, vllm_extra: list[str] | None = None) -> FastAP
     app.state.serving = None
     app.state.exit_code = 0
     app.state.admission = Admission(settings.max_queued_requests)
+    app.state.rag_projection = None
     app.state.chunk_encoder = CachedEncoder(Encoder(), make_store(settings.chunk_store),
                                             on_lookup=metrics.record_encoder_lookup)
     set_phase(app.state, Phase.LOADING)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -54,6 +55,8 @@ def _serve_parser(sub) -> None:
         "in-process LRU) or redis://HOST:PORT[/DB]")
     add("--rag-max-tokens", type=int,
         help="most document tokens one request may bring (default 262144)")
+    add("--rag-projection", help="directory written by `longserve train refrag`: serves "
+        "rag mode `refrag` (left-out chunks as embedding rows via vLLM's prompt embeddings)")
     add("--log-level", help="debug, info, warning, error (default info)")
 
 
@@ -109,6 +112,24 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train what longserve learns (`refrag`: the RAG chunk "
+                       "projection served with --rag-projection)")
+    tsub = p.add_subparsers(dest="train_command", required=True)
+    r = tsub.add_parser("refrag", help="fit the chunk-embedding projection (decoder and "
+                        "encoder frozen) on generated text")
+    r.add_argument("--out", required=True, type=Path, help="artifact directory to write")
+    r.add_argument("--steps", type=int, default=300)
+    r.add_argument("--batch", type=int, default=8)
+    r.add_argument("--vectors", type=int, default=2, help="embedding rows per chunk")
+    r.add_argument("--width", type=int, default=1024, help="hidden width of the projection")
+    r.add_argument("--lr", type=float, default=2e-3)
+    r.add_argument("--chunk-tokens", type=int, default=64)
+    r.add_argument("--documents", type=int, default=200, help="generated training documents")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="longserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("bench", help="quality and load benchmarks (`longserve bench -h`)",
                    add_help=False)
+    _train_parser(sub)
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
@@ -133,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "train":
+        from server.rag.train import run as train
+
+        return train(args)
     return _models(args)
 
 

@@ -59,6 +59,8 @@ def vllm_namespace(settings: Settings, model: str, name: str, extra: list[str]) 
         argv += ["--max-num-seqs", str(settings.max_num_seqs)]
     if settings.enforce_eager:
         argv.append("--enforce-eager")
+    if settings.rag_projection:  # refrag rows reach the model as prompt embeddings
+        argv.append("--enable-prompt-embeds")
     kv_bytes = _kv_cache_bytes(settings)
     if kv_bytes is not None:
         if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):

@@ -35,6 +35,15 @@ async def prometheus_metrics():
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
+def _projection(projection, path: str | None) -> dict | None:
+    if projection is None:
+        return None
+    meta = projection.meta
+    return {"path": path, "encoder": meta.encoder, "model": meta.model,
+            "vectors_per_chunk": meta.vectors, "chunk_tokens": meta.chunk_tokens,
+            "held_out_loss": meta.training.get("held_out_loss")}
+
+
 @router.get("/info")
 async def info(request: Request):
     """What this server runs: model, limits, registered policies and strategies, and the
@@ -65,5 +74,6 @@ async def info(request: Request):
             "rag_max_tokens": settings.rag_max_tokens,
         },
         "chunk_store": "memory" if settings.chunk_store == "memory" else "redis",
+        "rag_projection": _projection(state.rag_projection, settings.rag_projection),
         "attention": workers,
     }

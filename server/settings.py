@@ -68,6 +68,10 @@ class Settings(BaseSettings):
         "LRU) or redis://HOST:PORT[/DB]")
     rag_max_tokens: int = Field(
         262144, ge=1, description="most document tokens one request may bring")
+    rag_projection: str | None = Field(
+        None, description="directory of a chunk projection trained by `longserve train "
+        "refrag`: enables `rag.mode = refrag` (chunks as embedding rows, through vLLM's "
+        "prompt embeddings)")
     log_level: str = "info"
 
     @field_validator("kv_cache_memory", "max_request_bytes", mode="before")
@@ -105,6 +109,15 @@ class Settings(BaseSettings):
         if value != "memory" and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"takes `memory` or redis://HOST:PORT[/DB], got {value!r}")
         return value
+
+    @field_validator("rag_projection")
+    @classmethod
+    def _projection(cls, value: str | None) -> str | None:
+        if value:
+            from server.rag.projection import read_meta
+
+            read_meta(value)  # raises saying what is wrong
+        return value or None
 
     @field_validator("context_strategy")
     @classmethod

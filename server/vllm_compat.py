@@ -21,6 +21,10 @@ INTERNALS: list[tuple[str, str]] = [
     ("vllm.v1.attention.backends.cpu_attn", "CPUAttentionBackendImpl.forward"),
     ("vllm.entrypoints.serve.utils.api_utils", "with_cancellation"),
     ("vllm.utils.gc_utils", "freeze_gc_heap"),
+    # refrag rows into a rendered chat prompt (server/rag/splice.py): vLLM's mixed
+    # token/embeds engine input and the placeholder token it registers for it
+    ("vllm.inputs.engine", "embeds_input"),
+    ("vllm.renderers.chat_utils", "PROMPT_EMBEDS_PLACEHOLDER_TOKEN"),
     # KV policies (cache_policies/scheduler.py, runtime.py, worker.py; the policy-aware
     # backend). Also relied on, as instance attributes the engine tests exercise:
     # KVCacheManager.coordinator.single_type_managers, SingleTypeKVCacheManager

@@ -109,6 +109,115 @@ def test_extractive_mode_keeps_the_closest_sentence_of_every_other_chunk(tokeniz
     assert all(f"Document doc-{i}:" in extractive.context for i in range(8))
 
 
+def test_refrag_plan_keeps_every_document_and_marks_every_left_out_run(tokenizer, encoder):
+    from server.rag.splice import Markers
+
+    docs = documents()
+    cached = CachedEncoder(encoder, MemoryStore())
+    drop = compress_sense_expand(docs, QUESTION, RagConfig(expand=0.1), tokenizer, cached)
+    markers = Markers()
+    plan = compress_sense_expand(docs, QUESTION, RagConfig(expand=0.1, mode="refrag"),
+                                 tokenizer, cached, marker=markers)
+    p = plan.provenance
+    assert p["expanded"] == drop.provenance["expanded"] and NEEDLE in plan.context
+    assert p["compressed_chunks"] == p["chunks"] - len(p["expanded"]) and p["dropped_chunks"] == 0
+    assert all(f"Document doc-{i}:" in plan.context for i in range(8))  # none left out whole
+    expanded = {(e["document"], e["chunk"]) for e in p["expanded"]}
+    assert sorted(i for run in plan.runs for i in run) == [
+        i for i, c in enumerate(_chunks(docs, tokenizer))
+        if (docs[c.document].id, c.index) not in expanded]
+    assert all(b == a + 1 for run in plan.runs for a, b in zip(run, run[1:]))  # consecutive
+    at = [plan.context.index(markers.text(j)) for j in range(len(plan.runs))]
+    assert at == sorted(at) and markers.count == len(plan.runs)
+    assert plan.vectors.shape == (p["chunks"], encoder.dim)
+    assert "left out" not in plan.context
+
+
+def _chunks(docs, tokenizer):
+    from server.rag.pipeline import chunk_documents
+
+    return chunk_documents(docs, tokenizer, RagConfig().chunk_tokens)
+
+
+def test_splice_puts_the_rows_where_the_markers_were_rendered(tokenizer):
+    from vllm.renderers.chat_utils import PROMPT_EMBEDS_PLACEHOLDER_TOKEN
+
+    from server.rag.splice import Markers, Splice, splice
+
+    tokenizer.add_special_tokens({"additional_special_tokens": [PROMPT_EMBEDS_PLACEHOLDER_TOKEN]})
+    placeholder = tokenizer.convert_tokens_to_ids(PROMPT_EMBEDS_PLACEHOLDER_TOKEN)
+    markers = Markers()
+    first, second = markers.text(0), markers.text(1)
+    rows = [torch.randn(4, 576), torch.randn(6, 576)]
+    text = f"Documents:\n\nDocument a:\nOne.\n{first}\nTwo.\n\nDocument b:\n{second}\n\nQ?"
+    plain = text.replace(f"\n{first}", "").replace(f"\n{second}", "")
+    render = lambda t: tokenizer.apply_chat_template(  # noqa: E731
+        [{"role": "user", "content": t}], tokenize=True, return_dict=False,
+        add_generation_prompt=True)
+    out = splice({"type": "token", "prompt_token_ids": render(text), "cache_salt": "s"},
+                 [Splice(first, rows[0]), Splice(second, rows[1])], tokenizer, torch.bfloat16)
+    ids, mask = out["prompt_token_ids"], torch.tensor(out["is_token_ids"])
+    assert out["type"] == "embeds" and out["cache_salt"] == "s"
+    assert len(ids) == len(mask) == len(out["prompt_embeds"]) == len(render(plain)) + 2 + 10
+    spans = [i for i, tok in enumerate(ids) if tok == placeholder]
+    assert spans == [i for i, keep in enumerate(mask.tolist()) if not keep] and len(spans) == 10
+    assert torch.equal(out["prompt_embeds"][spans[:4]], rows[0].to(torch.bfloat16))
+    assert torch.equal(out["prompt_embeds"][spans[4:]], rows[1].to(torch.bfloat16))
+    assert not out["prompt_embeds"][mask].any()  # token positions: the model embeds them
+    # the text around the rows is the rendered text, each marker gone
+    decoded = tokenizer.decode([t for t in ids if t != placeholder])
+    assert decoded == tokenizer.decode(render(text)).replace(first, "").replace(second, "")
+    with pytest.raises(RuntimeError, match="not in the rendered prompt"):
+        splice({"type": "token", "prompt_token_ids": render(plain)},
+               [Splice(first, rows[0])], tokenizer, torch.bfloat16)
+
+
+def test_projection_artifact_round_trips_and_is_checked(tmp_path):
+    from server.rag.projection import (
+        META,
+        ChunkProjection,
+        ProjectionMeta,
+        load_projection,
+        read_meta,
+    )
+
+    meta = ProjectionMeta(encoder="all-MiniLM-L6-v2", encoder_dim=384, model="m",
+                          hidden_size=576, vectors=2, width=32, chunk_tokens=64)
+    projection = ChunkProjection(meta, embedding_rms=0.05)
+    projection.save(tmp_path / "p")
+    loaded = load_projection(tmp_path / "p", "all-MiniLM-L6-v2", 576)
+    x = torch.nn.functional.normalize(torch.randn(3, 384), dim=-1)
+    assert torch.equal(loaded.rows(x), projection.rows(x)) and loaded.rows(x).shape == (6, 576)
+    assert 0.001 < float(projection.rows(x).std()) < 0.2  # the scale of token embeddings
+    with pytest.raises(ValueError, match="hidden size 576"):
+        load_projection(tmp_path / "p", "all-MiniLM-L6-v2", 960)
+    with pytest.raises(ValueError, match="longserve train refrag"):
+        read_meta(tmp_path / "missing")
+    (tmp_path / "p" / META).write_text('{"format": "something else"}')
+    with pytest.raises(ValueError, match="is not a longserve-refrag-projection"):
+        read_meta(tmp_path / "p")
+
+
+def test_train_refrag_writes_a_projection_the_server_loads(tmp_path):
+    """A tiny run of the real command: decoder, encoder and generated text."""
+    import json
+    import subprocess
+    import sys
+
+    from server.rag.projection import load_projection
+
+    out = tmp_path / "refrag"
+    proc = subprocess.run([sys.executable, "-m", "server.cli", "train", "refrag", "--out",
+                           str(out), "--steps", "3", "--documents", "3", "--batch", "2",
+                           "--width", "64"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    training = json.loads((out / "projection.json").read_text())["training"]
+    losses = training["held_out_loss"]["after"]
+    assert set(losses) == {"none", "projection", "raw"}
+    assert losses["raw"] < losses["none"]  # the chunks as text help the decoder
+    assert load_projection(out, "all-MiniLM-L6-v2", 576).meta.vectors == 2
+
+
 def test_everything_fits_means_no_encoding(tokenizer):
     class NoEncoder:
         name = "none"

@@ -89,6 +89,7 @@ def test_streamed_rag_answer_carries_provenance(client, model_name):
     ({"documents": ["text", ""]}, "documents", "documents[1] is empty"),
     ({"documents": ["text"], "rag": {"mode": "abstractive"}}, "rag", "unknown rag mode"),
     ({"documents": ["text"], "rag": {"expand": 2}}, "rag", "expand is a share"),
+    ({"documents": ["text"], "rag": {"mode": "refrag"}}, "rag", "--rag-projection"),
     ({"rag": {"expand": 0.2}}, "rag", "apply to `documents`"),
     ({"context_strategy": "summarize"}, "context_strategy", "unknown context_strategy"),
 ])
@@ -117,13 +118,47 @@ def test_documents_over_the_limit_get_400_and_over_the_body_limit_413(server, au
     assert httpx.get(server.url + "/ready").status_code == 200
 
 
-# ---- prompts longer than the window: a server with a 1024-token window, Redis store ----
+# ---- a server with a 1024-token window, a Redis chunk store and a refrag projection ----
+
+REFRAG_WORD = " skipped"  # what every left-out chunk reads as through the test projection
+
+
+def word_projection(directory) -> list[int]:
+    """A projection whose rows for any chunk are the model's own input embeddings of
+    REFRAG_WORD's tokens (returned): a refrag prompt then equals a token prompt with the
+    word's tokens in each left-out chunk's place, which the test can send as tokens."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from server.model_store import prepare
+    from server.rag.projection import ChunkProjection, ProjectionMeta
+
+    model_dir = prepare()[0]
+    tokens = AutoTokenizer.from_pretrained(str(model_dir)).encode(REFRAG_WORD)
+    table = load_file(str(model_dir / "model.safetensors"))["model.embed_tokens.weight"]
+    projection = ChunkProjection(ProjectionMeta(
+        encoder="all-MiniLM-L6-v2", encoder_dim=384, model=model_dir.name,
+        hidden_size=table.shape[1], vectors=len(tokens), width=8, chunk_tokens=64))
+    with torch.no_grad():
+        projection.net[2].weight.zero_()
+        projection.net[2].bias.copy_(table[tokens].float().flatten())
+    projection.save(directory)
+    return tokens
+
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory, redis_url, server):
+def word_tokens(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("projection")
+    return directory, word_projection(directory)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, redis_url, server, word_tokens):
     srv = longserve_eager(tmp_path_factory.mktemp("small") / "longserve.log",
                           "--api-key", API_KEY, "--max-model-len", str(WINDOW),
-                          "--kv-cache-memory", "256MiB", "--chunk-store", redis_url).start()
+                          "--kv-cache-memory", "256MiB", "--chunk-store", redis_url,
+                          "--rag-projection", str(word_tokens[0])).start()
     try:
         yield srv.wait_ready()
     finally:
@@ -204,3 +239,29 @@ def test_completions_reject_what_does_not_fit_whatever_the_strategy(small, small
             prompt=long_messages(10)[1]["content"],
             extra_body={"context_strategy": "truncate_middle"})
     assert f"maximum context length is {WINDOW}" in err.value.body["message"]
+
+
+def test_refrag_rows_reach_the_model_where_their_chunks_were(small, small_client, word_tokens):
+    """Through the word projection, a refrag request must answer exactly as the same prompt
+    sent as token ids with the word's tokens in place of each left-out chunk's rows."""
+    model = small_client.models.list().data[0].id
+    resp = ask(small_client, model, documents=documents(seed=6),
+               rag={"expand": 0.1, "mode": "refrag"})
+    rag = resp.model_extra["longserve"]["rag"]
+    tokens = word_tokens[1]
+    assert rag["mode"] == "refrag" and rag["dropped_chunks"] == 0
+    assert rag["compressed_chunks"] == rag["chunks"] - len(rag["expanded"]) > 10
+    ids = resp.model_extra["prompt_token_ids"]
+    placeholder = max(ids)  # vLLM's prompt-embeds token, registered past the vocabulary
+    rows = [i for i, t in enumerate(ids) if t == placeholder]
+    assert len(rows) == rag["compressed_chunks"] * len(tokens)
+    assert resp.usage.prompt_tokens == len(ids)
+    as_tokens = list(ids)
+    for n, i in enumerate(rows):
+        as_tokens[i] = tokens[n % len(tokens)]
+    text = small_client.completions.create(
+        model=model, prompt=as_tokens, max_tokens=16, temperature=0,
+        extra_body={"return_token_ids": True})
+    assert resp.choices[0].model_extra["token_ids"] == text.choices[0].model_extra["token_ids"]
+    info = httpx.get(small.url + "/info", headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    assert info["rag_projection"]["vectors_per_chunk"] == len(tokens)

@@ -38,6 +38,7 @@ class Context:
     engine: Any = None
     encoder: Any = None
     engine_args: dict | None = None
+    projection: Any = None  # the RAG path's trained chunk projection (--rag-projection)
 
     @property
     def reserve(self) -> int:

@@ -12,6 +12,7 @@ from server.context.registry import get_strategy
 from server.errors import LongserveError
 from server.rag.config import RagConfig
 from server.rag.pipeline import Document, chunk_documents, compress_sense_expand
+from server.rag.splice import Markers, Splice
 
 
 def context_for(request, state) -> Context:
@@ -26,6 +27,7 @@ def context_for(request, state) -> Context:
         engine=state.engine,
         encoder=state.chunk_encoder,
         engine_args=request.engine_args(),
+        projection=getattr(state, "rag_projection", None),
     )
 
 
@@ -48,14 +50,23 @@ def insert_documents(request, ctx: Context, max_tokens: int) -> dict:
     documents = [Document(str(i), d) if isinstance(d, str) else Document(d.name or str(i), d.text)
                  for i, d in enumerate(request.documents)]
     config = RagConfig.from_dict(request.rag or {})
+    refrag = config.mode == "refrag"
+    if refrag and ctx.projection is None:
+        raise LongserveError("rag mode refrag needs a server started with --rag-projection "
+                             "DIR (a projection trained by `longserve train refrag`)",
+                             param="rag")
     chunks = chunk_documents(documents, ctx.tokenizer, config.chunk_tokens)
     tokens = sum(c.tokens for c in chunks)
     if tokens > max_tokens:
         raise LongserveError(
             f"the documents hold {tokens} tokens; this server takes at most {max_tokens} per "
             "request (--rag-max-tokens)", param="documents")
+    markers = Markers() if refrag else None
     plan = compress_sense_expand(documents, question, config, ctx.tokenizer, ctx.encoder,
-                                 chunks=chunks)
+                                 chunks=chunks, marker=markers)
+    if refrag:  # the rows replace the markers once vLLM has rendered the prompt
+        request._splices = [Splice(markers.text(j), ctx.projection.rows(plan.vectors[run]))
+                            for j, run in enumerate(plan.runs)]
     request.messages = with_content(request.messages, index,
                                     f"Documents:\n\n{plan.context}\n\n{question}")
     request.documents = None  # in the prompt now; not for the chat template

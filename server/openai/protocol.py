@@ -116,6 +116,7 @@ class LongserveFields(BaseModel):
 
     # What the RAG path and the context strategy did (server.context.prepare).
     _prepared: dict = PrivateAttr(default_factory=dict)
+    _splices: list = PrivateAttr(default_factory=list)  # refrag rows (server.rag.splice)
 
     @field_validator("context_strategy")
     @classmethod

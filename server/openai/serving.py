@@ -20,6 +20,7 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.renderers.online_renderer import OnlineRenderer
 
 from server.context.registry import get_strategy
+from server.rag.splice import splice
 
 
 class _ContextStrategyStep:
@@ -39,8 +40,12 @@ class _ContextStrategyStep:
 class LongserveServingChat(_ContextStrategyStep, OpenAIServingChat):
     async def render_chat_request(self, request):
         result = await super().render_chat_request(request)
-        if not isinstance(result, ErrorResponse):
-            self._apply_context_strategy(request, result[1], "messages")
+        if isinstance(result, ErrorResponse):
+            return result
+        if request._splices:  # refrag rows where their markers were rendered
+            result = result[0], [splice(e, request._splices, self.renderer.tokenizer,
+                                        self.model_config.dtype) for e in result[1]]
+        self._apply_context_strategy(request, result[1], "messages")
         return result
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-MODES = ("drop", "extractive")
+MODES = ("drop", "extractive", "refrag")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -13,10 +13,11 @@ class RagConfig:
     """chunk_tokens: chunk size in the served model's tokens; expand: share of the
     documents' tokens expanded as raw text, in (0, 1]; expand_tokens: a token budget
     instead (wins over `expand`); mode: what becomes of the other chunks — `drop` (a
-    marker says how many passages were left out) or `extractive` (each keeps its
-    `sentences` sentences closest to the question); cache: read and write the chunk
-    store (false: encode afresh and keep nothing). Defaults: the best measured on the
-    default model (BENCHMARKS.md, issue 7)."""
+    marker says how many passages were left out), `extractive` (each keeps its
+    `sentences` sentences closest to the question) or `refrag` (each becomes a few
+    embedding rows through the server's trained projection, `--rag-projection`);
+    cache: read and write the chunk store (false: encode afresh and keep nothing).
+    Defaults: the best measured on the default model (BENCHMARKS.md, issue 7)."""
 
     chunk_tokens: int = 64
     expand: float = 0.1

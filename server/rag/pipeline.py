@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +24,10 @@ class Document:
 class RagPlan:
     context: str  # what replaces the documents in the prompt
     provenance: dict = field(default_factory=dict)
+    # refrag: the chunks of each left-out run, in the order of their markers in `context`,
+    # and every chunk's encoder vector (the projection turns a run into prompt rows)
+    runs: list[list[int]] = field(default_factory=list)
+    vectors: torch.Tensor | None = None
 
 
 def _select(chunks: list[Chunk], scores: torch.Tensor, budget: int) -> set[int]:
@@ -41,33 +46,38 @@ def _extract(chunk: Chunk, vectors: torch.Tensor, query: torch.Tensor, keep: int
     return " ".join(chunk.sentences[i].strip() for i in sorted(best.tolist()))
 
 
-def _left_out(n: int) -> str:
-    return f"[... {n} passage{'s' * (n > 1)} left out ...]"
+def _left_out(run: list[int]) -> str:
+    return f"[... {len(run)} passage{'s' * (len(run) > 1)} left out ...]"
 
 
 def _render(documents: list[Document], chunks: list[Chunk], expanded: set[int],
-            extracts: dict[int, str]) -> str:
-    """Each document with a kept chunk: its kept chunks in order, a marker for each run of
-    left-out ones; a document with nothing kept is left out whole. `chunks` are grouped by
-    document, in order (chunk_documents)."""
+            extracts: dict[int, str], marker: Callable[[list[int]], str],
+            every_document: bool) -> tuple[str, list[list[int]]]:
+    """(text, runs): each document's kept chunks in order and `marker(run)` for each run
+    of left-out ones; a document with nothing kept is left out whole unless
+    `every_document`. `chunks` are grouped by document, in order (chunk_documents)."""
     parts: list[str] = []
-    by_document = itertools.groupby(enumerate(chunks), key=lambda item: item[1].document)
-    for d, group in by_document:
-        pieces, left_out, kept = [], 0, False
+    runs: list[list[int]] = []
+
+    def close(run: list[int], pieces: list[str]) -> None:
+        if run:
+            pieces.append(marker(run))
+            runs.append(run)
+
+    for d, group in itertools.groupby(enumerate(chunks), key=lambda item: item[1].document):
+        pieces, run, kept = [], [], False
         for i, chunk in group:
             if i not in expanded and i not in extracts:
-                left_out += 1
+                run.append(i)
                 continue
-            if left_out:
-                pieces.append(_left_out(left_out))
-                left_out = 0
+            close(run, pieces)
+            run = []
             pieces.append(chunk.text.strip() if i in expanded else f"... {extracts[i]} ...")
             kept = True
-        if kept:
-            if left_out:
-                pieces.append(_left_out(left_out))
+        if kept or every_document:
+            close(run, pieces)
             parts.append(f"Document {documents[d].id}:\n" + "\n".join(pieces))
-    return "\n\n".join(parts)
+    return "\n\n".join(parts), runs
 
 
 def chunk_documents(documents: list[Document], tokenizer, chunk_tokens: int) -> list[Chunk]:
@@ -76,9 +86,11 @@ def chunk_documents(documents: list[Document], tokenizer, chunk_tokens: int) -> 
 
 
 def compress_sense_expand(documents: list[Document], question: str, config: RagConfig,
-                          tokenizer, encoder, chunks: list[Chunk] | None = None) -> RagPlan:
+                          tokenizer, encoder, chunks: list[Chunk] | None = None,
+                          marker: Callable[[list[int]], str] | None = None) -> RagPlan:
     """`encoder.encode(texts) -> ((n, dim) unit vectors, hits, encoded)` (CachedEncoder);
-    `chunks`: the documents already chunked with `config.chunk_tokens`."""
+    `chunks`: the documents already chunked with `config.chunk_tokens`; `marker(run)`:
+    the text standing for a run of left-out chunks (refrag: where its rows go)."""
     if chunks is None:
         chunks = chunk_documents(documents, tokenizer, config.chunk_tokens)
     total = sum(c.tokens for c in chunks)
@@ -86,6 +98,7 @@ def compress_sense_expand(documents: list[Document], question: str, config: RagC
     hits = encoded = 0
     if budget >= total:  # everything fits: nothing to sense
         expanded, extracts, scores = set(range(len(chunks))), {}, torch.ones(len(chunks))
+        vectors = None
     else:
         vectors, hits, encoded = encoder.encode([c.text for c in chunks] + [question],
                                                   config.cache)
@@ -103,8 +116,11 @@ def compress_sense_expand(documents: list[Document], question: str, config: RagC
                 extracts[i] = _extract(chunks[i], sentence_vectors[start:start + n], query,
                                        config.sentences)
                 start += n
-    context = _render(documents, chunks, expanded, extracts)
-    return RagPlan(context=context, provenance={
+    refrag = config.mode == "refrag"
+    context, runs = _render(documents, chunks, expanded, extracts, marker or _left_out,
+                            every_document=refrag)
+    left_out = len(chunks) - len(expanded) - len(extracts)  # refrag: all in `runs`
+    provenance = {
         "encoder": encoder.name,
         "mode": config.mode,
         "documents": len(documents),
@@ -113,7 +129,9 @@ def compress_sense_expand(documents: list[Document], question: str, config: RagC
         "expanded_tokens": sum(chunks[i].tokens for i in expanded),
         "expanded": [{"document": documents[chunks[i].document].id, "chunk": chunks[i].index,
                       "score": round(float(scores[i]), 4)} for i in sorted(expanded)],
-        "compressed_chunks": len(extracts),
-        "dropped_chunks": len(chunks) - len(expanded) - len(extracts),
+        "compressed_chunks": len(extracts) + (left_out if refrag else 0),
+        "dropped_chunks": 0 if refrag else left_out,
         "encoder_cache": {"hits": hits, "encoded": encoded},
-    })
+    }
+    return RagPlan(context=context, provenance=provenance, runs=runs,
+                   vectors=vectors[:-1] if refrag and runs else None)
