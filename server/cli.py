@@ -127,6 +127,14 @@ def _train_parser(sub) -> None:
     r.add_argument("--chunk-tokens", type=int, default=64)
     r.add_argument("--documents", type=int, default=200, help="generated training documents")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--objectives", default="reconstruct,continue,qa",
+                   help="objectives and their weights, e.g. reconstruct=1,continue=1,qa=2 "
+                   "(reconstruct a chunk from its rows; continue a document from them; answer "
+                   "a question from a prompt rendered as the RAG path renders it)")
+    r.add_argument("--held-out", type=int, default=24,
+                   help="held-out examples per objective for the losses reported")
+    r.add_argument("--init", type=Path, default=None,
+                   help="start from this projection (a later stage of the curriculum)")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 

@@ -13,7 +13,7 @@ from loadtests.haystack import sentences
 from server.context.base import Context, message_text
 from server.context.rag import Rag
 from server.context.truncate_middle import TruncateMiddle
-from server.errors import ContextLengthExceeded
+from server.errors import ContextLengthExceeded, LongserveError
 from server.rag.chunking import chunk_document, split_sentences
 from server.rag.config import RagConfig
 from server.rag.encoder import Encoder
@@ -198,24 +198,60 @@ def test_projection_artifact_round_trips_and_is_checked(tmp_path):
         read_meta(tmp_path / "p")
 
 
+def test_training_examples_are_what_the_server_renders(tokenizer, encoder):
+    import re
+
+    from server.rag.train import Examples, documents, parse_mix
+
+    examples = Examples(documents(2, 5), tokenizer, encoder, 64, target=48)
+    rng = random.Random(1)
+    recon = examples.draw(rng, "reconstruct")
+    assert recon.segments[0] == examples.prefix and recon.segments[1][0].shape == (1, 384)
+    assert recon.target == recon.segments[1][1][:48]
+    qa = examples.draw(rng, "qa")
+    answer = tokenizer.decode(qa.target)
+    assert re.fullmatch(r" \d{6}\.", answer)
+    text_only = tokenizer.decode([t for s in qa.segments if isinstance(s, list) for t in s])
+    everything = tokenizer.decode([t for s in qa.segments
+                                   for t in (s if isinstance(s, list) else s[1])])
+    assert answer.strip(" .") in text_only  # the answer's chunk is text, not rows
+    assert any(not isinstance(s, list) for s in qa.segments)
+    assert text_only.startswith("<|im_start|>") and "Documents:\n\nDocument record-0:" in text_only
+    assert everything.rstrip().endswith("The archive code of " + re.search(
+        r"archive code of (.+?)\?", everything)[1] + " is")
+    assert parse_mix("reconstruct=1,qa=2") == {"reconstruct": 1.0, "qa": 2.0}
+    with pytest.raises(ValueError, match="unknown objective"):
+        parse_mix("summarize")
+
+
 def test_train_refrag_writes_a_projection_the_server_loads(tmp_path):
-    """A tiny run of the real command: decoder, encoder and generated text."""
+    """Tiny runs of the real command (decoder, encoder, generated text): a first stage,
+    then a second one started from it with the question-answering objective."""
     import json
     import subprocess
     import sys
 
     from server.rag.projection import load_projection
 
-    out = tmp_path / "refrag"
-    proc = subprocess.run([sys.executable, "-m", "server.cli", "train", "refrag", "--out",
-                           str(out), "--steps", "3", "--documents", "3", "--batch", "2",
-                           "--width", "64"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    training = json.loads((out / "projection.json").read_text())["training"]
-    losses = training["held_out_loss"]["after"]
+    def train(out, *args):
+        proc = subprocess.run(
+            [sys.executable, "-m", "server.cli", "train", "refrag", "--out", str(out),
+             "--steps", "2", "--documents", "3", "--batch", "2", "--held-out", "4", *args],
+            capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads((out / "projection.json").read_text())["training"]
+
+    first = train(tmp_path / "one", "--width", "64", "--objectives", "reconstruct")
+    losses = first["held_out_loss"]["after"]["reconstruct"]
     assert set(losses) == {"none", "projection", "raw"}
     assert losses["raw"] < losses["none"]  # the chunks as text help the decoder
-    assert load_projection(out, "all-MiniLM-L6-v2", 576).meta.vectors == 2
+    second = train(tmp_path / "two", "--init", str(tmp_path / "one"), "--objectives",
+                   "continue,qa=2")
+    assert second["objectives"] == {"continue": 1.0, "qa": 2.0}
+    assert second["init"]["training"] == first
+    assert set(second["held_out_loss"]["before"]) == {"continue", "qa"}
+    projection = load_projection(tmp_path / "two", "all-MiniLM-L6-v2", 576)
+    assert projection.meta.vectors == 2 and projection.meta.width == 64
 
 
 def test_everything_fits_means_no_encoding(tokenizer):
@@ -325,6 +361,10 @@ def test_rag_strategy_reads_the_input_as_a_document(tokenizer, encoder):
     lost = Chat(long_chat(needle_at=80))
     asyncio.run(TruncateMiddle().apply(lost, ctx))
     assert NEEDLE not in message_text(lost.messages[1])
+    refrag = Chat(long_chat(needle_at=80))
+    refrag.rag = {"mode": "refrag"}
+    with pytest.raises(LongserveError, match="refrag applies to `documents`"):
+        asyncio.run(Rag().apply(refrag, ctx))
 
 
 @pytest.mark.parametrize("documents, message", [

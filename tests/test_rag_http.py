@@ -254,7 +254,7 @@ def test_refrag_rows_reach_the_model_where_their_chunks_were(small, small_client
     ids = resp.model_extra["prompt_token_ids"]
     placeholder = max(ids)  # vLLM's prompt-embeds token, registered past the vocabulary
     rows = [i for i, t in enumerate(ids) if t == placeholder]
-    assert len(rows) == rag["compressed_chunks"] * len(tokens)
+    assert len(rows) == rag["compressed_chunks"] * len(tokens) == rag["compressed_rows"]
     assert resp.usage.prompt_tokens == len(ids)
     as_tokens = list(ids)
     for n, i in enumerate(rows):

@@ -67,6 +67,7 @@ def insert_documents(request, ctx: Context, max_tokens: int) -> dict:
     if refrag:  # the rows replace the markers once vLLM has rendered the prompt
         request._splices = [Splice(markers.text(j), ctx.projection.rows(plan.vectors[run]))
                             for j, run in enumerate(plan.runs)]
+        plan.provenance["compressed_rows"] = sum(len(s.rows) for s in request._splices)
     request.messages = with_content(request.messages, index,
                                     f"Documents:\n\n{plan.context}\n\n{question}")
     request.documents = None  # in the prompt now; not for the chat template

@@ -15,7 +15,7 @@ from server.context.base import (
     split_long_text,
     with_content,
 )
-from server.errors import ContextLengthExceeded
+from server.errors import ContextLengthExceeded, LongserveError
 from server.rag.config import RagConfig
 from server.rag.pipeline import Document, compress_sense_expand
 
@@ -29,6 +29,9 @@ class Rag(Strategy):
         options = dict(getattr(request, "rag", None) or {})
         options.setdefault("mode", "drop")
         config = RagConfig.from_dict(options)
+        if config.mode == "refrag":
+            raise LongserveError("context_strategy rag takes rag modes drop and extractive; "
+                                 "refrag applies to `documents`", param="rag")
         frame = ctx.count(with_content(messages, index, join(head, question)))
         budget = ctx.room - frame - 32  # document header and markers
         for _ in range(4):

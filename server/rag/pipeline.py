@@ -50,7 +50,7 @@ def _left_out(run: list[int]) -> str:
     return f"[... {len(run)} passage{'s' * (len(run) > 1)} left out ...]"
 
 
-def _render(documents: list[Document], chunks: list[Chunk], expanded: set[int],
+def render(documents: list[Document], chunks: list[Chunk], expanded: set[int],
             extracts: dict[int, str], marker: Callable[[list[int]], str],
             every_document: bool) -> tuple[str, list[list[int]]]:
     """(text, runs): each document's kept chunks in order and `marker(run)` for each run
@@ -117,7 +117,7 @@ def compress_sense_expand(documents: list[Document], question: str, config: RagC
                                        config.sentences)
                 start += n
     refrag = config.mode == "refrag"
-    context, runs = _render(documents, chunks, expanded, extracts, marker or _left_out,
+    context, runs = render(documents, chunks, expanded, extracts, marker or _left_out,
                             every_document=refrag)
     left_out = len(chunks) - len(expanded) - len(extracts)  # refrag: all in `runs`
     provenance = {

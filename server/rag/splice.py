@@ -36,7 +36,7 @@ class Markers:
         return self.text(self.count - 1)
 
 
-def _find(ids: list[int], pattern: list[int], start: int) -> int:
+def find(ids: list[int], pattern: list[int], start: int) -> int:
     first, n = pattern[0], len(pattern)
     for i in range(start, len(ids) - n + 1):
         if ids[i] == first and ids[i:i + n] == pattern:
@@ -57,7 +57,7 @@ def splice(engine_input: dict, splices: list[Splice], tokenizer, dtype: torch.dt
     start = 0
     for item in splices:
         pattern = tokenizer.encode(item.marker, add_special_tokens=False)
-        at = _find(ids, pattern, start)
+        at = find(ids, pattern, start)
         if at < 0:
             raise RuntimeError(f"refrag marker {item.marker!r} is not in the rendered prompt "
                                "(the chat template changed the message?)")
