@@ -265,3 +265,11 @@ def test_refrag_rows_reach_the_model_where_their_chunks_were(small, small_client
     assert resp.choices[0].model_extra["token_ids"] == text.choices[0].model_extra["token_ids"]
     info = httpx.get(small.url + "/info", headers={"Authorization": f"Bearer {API_KEY}"}).json()
     assert info["rag_projection"]["vectors_per_chunk"] == len(tokens)
+
+
+def test_refrag_prompt_over_the_window_is_a_400_not_a_cut(small_client):
+    """A middle cut would cut through the rows' markers: refuse it, say what to change."""
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(small_client, small_client.models.list().data[0].id, documents=documents(seed=7),
+            rag={"expand": 0.9, "mode": "refrag"}, context_strategy="truncate_middle")
+    assert err.value.body["param"] == "rag" and "lower rag.expand" in err.value.body["message"]

@@ -88,6 +88,11 @@ async def prepare_chat(request, state) -> dict:
                              "`rag`; this request has neither", param="rag")
     strategy = get_strategy(request.context_strategy)
     applied = await strategy.apply(request, ctx)
+    if applied is not None and applied["changed"] and request._splices:
+        raise LongserveError(  # a cut through the refrag markers would misplace the rows
+            f"the refrag prompt does not fit the window and context_strategy "
+            f"{strategy.name} cannot shorten it; lower rag.expand or use rag mode drop",
+            param="rag")
     if applied is not None:  # `reject` has nothing to report before vLLM counts
         out["context"] = applied
         if applied["changed"]:
