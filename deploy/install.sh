@@ -51,5 +51,10 @@ if [[ -n "$EXTRAS" ]] && ! command -v redis-server >/dev/null 2>&1; then
              $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null; }
 fi
 
+if [[ -n "$EXTRAS" ]]; then
+    # the chart tests render helm/ with the real Helm engine
+    "$VENV/bin/python" deploy/install_helm.py "$VENV/bin"
+fi
+
 "$VENV/bin/longserve" models prepare
 echo "[install] done: $VENV/bin/longserve serve"

@@ -11,7 +11,9 @@ from pydantic import ValidationError
 
 
 def _number(text: str) -> int | float:
-    return int(text) if text.isdigit() else float(text)
+    from server.settings import parse_number  # as LONGSERVE_KV_BUDGET is read
+
+    return parse_number(text)
 
 
 def _serve_parser(sub) -> None:

@@ -27,6 +27,12 @@ def parse_bytes(value: str | int) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
+def parse_number(text: str) -> int | float:
+    """'512' -> 512 (a token count), '0.3' -> 0.3 (a ratio): the KV budget's two kinds."""
+    text = text.strip()
+    return int(text) if text.isdigit() else float(text)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LONGSERVE_", extra="forbid")
 
@@ -78,6 +84,16 @@ class Settings(BaseSettings):
     @classmethod
     def _sizes(cls, value):
         return None if value in (None, "") else parse_bytes(value)
+
+    @field_validator("kv_budget", mode="before")
+    @classmethod
+    def _budget(cls, value):  # from the environment: "512" is a count, not 512.0
+        if isinstance(value, str):
+            try:
+                return parse_number(value) if value.strip() else None
+            except ValueError:
+                raise ValueError(f"{value!r} is not a number") from None
+        return value
 
     @field_validator("kv_offload")
     @classmethod
