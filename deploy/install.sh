@@ -56,5 +56,16 @@ if [[ -n "$EXTRAS" ]]; then
     "$VENV/bin/python" deploy/install_helm.py "$VENV/bin"
 fi
 
+if [[ -n "$EXTRAS" && ! -x "$VENV/prometheus/usr/bin/prometheus" ]]; then
+    # a test scrapes the server with a real Prometheus: Debian's, unpacked (no service)
+    echo "[install] prometheus (Debian package, unpacked into $VENV/prometheus)"
+    SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    debs=$(mktemp -d)
+    (cd "$debs" && { apt-get download -q prometheus >/dev/null 2>&1 \
+        || { $SUDO apt-get update -q >/dev/null && apt-get download -q prometheus >/dev/null; }; })
+    dpkg -x "$debs"/prometheus_*.deb "$VENV/prometheus"
+    rm -rf "$debs"
+fi
+
 "$VENV/bin/longserve" models prepare
 echo "[install] done: $VENV/bin/longserve serve"
