@@ -38,6 +38,8 @@ def _serve_parser(sub) -> None:
     add("--enforce-eager", action="store_true", default=None,
         help="no graph compilation: starts in seconds instead of minutes")
     add("--max-request-bytes", help="largest request body, e.g. 16MiB (default 16MiB)")
+    add("--default-max-tokens", type=int, help="completion tokens a request that sets no "
+        "max_tokens may generate (default 2048; vLLM's own: the rest of the context)")
     add("--max-queued-requests", type=int,
         help="waiting requests beyond which new ones get 429 (default 256)")
     add("--kv-policy", help="default KV cache policy (default: full)")

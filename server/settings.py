@@ -53,6 +53,9 @@ class Settings(BaseSettings):
         None, description="require `Authorization: Bearer <key>` on every route but "
         "/health and /ready")
     max_request_bytes: int = Field(16 * 2**20, ge=1024, description="largest request body")
+    default_max_tokens: int = Field(
+        2048, ge=1, description="completion tokens a request that sets no max_tokens may "
+        "generate (vLLM's own default is the whole rest of the context)")
     max_queued_requests: int = Field(
         256, ge=0, description="requests waiting for the engine beyond which new ones get 429")
     kv_policy: str = Field("full", description="default KV cache policy")

@@ -158,7 +158,8 @@ def small(tmp_path_factory, redis_url, server, word_tokens):
     srv = longserve_eager(tmp_path_factory.mktemp("small") / "longserve.log",
                           "--api-key", API_KEY, "--max-model-len", str(WINDOW),
                           "--kv-cache-memory", "256MiB", "--chunk-store", redis_url,
-                          "--rag-projection", str(word_tokens[0])).start()
+                          "--rag-projection", str(word_tokens[0]),
+                          "--default-max-tokens", "24").start()
     try:
         yield srv.wait_ready()
     finally:
@@ -273,3 +274,11 @@ def test_refrag_prompt_over_the_window_is_a_400_not_a_cut(small_client):
         ask(small_client, small_client.models.list().data[0].id, documents=documents(seed=7),
             rag={"expand": 0.9, "mode": "refrag"}, context_strategy="truncate_middle")
     assert err.value.body["param"] == "rag" and "lower rag.expand" in err.value.body["message"]
+
+
+def test_a_request_without_max_tokens_stops_at_the_default_cap(small_client):
+    resp = small_client.chat.completions.create(
+        model=small_client.models.list().data[0].id, temperature=0,
+        messages=[{"role": "user", "content": "Tell me a very long story."}],
+        extra_body={"ignore_eos": True})
+    assert resp.usage.completion_tokens == 24 and resp.choices[0].finish_reason == "length"

@@ -322,3 +322,16 @@ def test_workers_read_the_request_then_the_deployment_default(monkeypatch):
     assert (config.method, config.density) == ("vertical_slash", 0.7)
     monkeypatch.setenv(DEFAULT_ENV, '{"name": "dense"}')
     assert request_config({"longserve": {"kv_policy": None}}) is None
+
+
+def test_requests_without_max_tokens_get_the_default_cap():
+    """vLLM's default is the rest of the context (minutes of decoding); longserve caps it
+    through vLLM's generation-config override, which a user's own override beats."""
+    from server.engine import vllm_namespace
+    from server.settings import Settings
+
+    args = vllm_namespace(Settings(default_max_tokens=64), "m", "m", [])
+    assert args.override_generation_config["max_new_tokens"] == 64
+    args = vllm_namespace(Settings(), "m", "m", [
+        "--override-generation-config", '{"max_new_tokens": 7, "temperature": 0.5}'])
+    assert args.override_generation_config == {"max_new_tokens": 7, "temperature": 0.5}
