@@ -61,6 +61,8 @@ def _serve_parser(sub) -> None:
         help="most document tokens one request may bring (default 262144)")
     add("--rag-projection", help="directory written by `longserve train refrag`: serves "
         "rag mode `refrag` (left-out chunks as embedding rows via vLLM's prompt embeddings)")
+    add("--drain-seconds", type=float, help="on SIGTERM, how long requests in flight may "
+        "run before the server stops (default 120; new requests get 503 meanwhile)")
     add("--log-level", help="debug, info, warning, error (default info)")
 
 
@@ -68,6 +70,7 @@ def _serve(args: argparse.Namespace, vllm_extra: list[str]) -> int:
     import uvicorn
 
     from server.app import build_app
+    from server.drain import DrainingServer
     from server.settings import Settings
 
     given = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
@@ -91,10 +94,10 @@ def _serve(args: argparse.Namespace, vllm_extra: list[str]) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = build_app(settings, vllm_extra)
-    server = uvicorn.Server(uvicorn.Config(
+    server = DrainingServer(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level,
         timeout_graceful_shutdown=30,
-    ))
+    ), app, settings.drain_seconds)
     app.state.server = server
     server.run()
     return app.state.exit_code

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
         None, description="directory of a chunk projection trained by `longserve train "
         "refrag`: enables `rag.mode = refrag` (chunks as embedding rows, through vLLM's "
         "prompt embeddings)")
+    drain_seconds: float = Field(
+        120, ge=0, description="on SIGTERM, how long requests in flight may run before the "
+        "server stops; new requests get 503 meanwhile")
     log_level: str = "info"
 
     @field_validator("kv_cache_memory", "max_request_bytes", mode="before")

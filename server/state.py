@@ -28,4 +28,7 @@ def serving_or_503(state):
     if phase is Phase.LOADING:
         raise ServiceUnavailable(
             "the model is still loading; retry shortly", headers={"Retry-After": "5"})
+    if phase is Phase.DRAINING:  # shutting down: another replica can take it now
+        raise ServiceUnavailable("this server is draining and takes no new requests; retry "
+                                 "on another replica", headers={"Retry-After": "1"})
     raise ServiceUnavailable(f"this server is {phase.value} and takes no new requests")

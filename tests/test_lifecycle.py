@@ -43,3 +43,54 @@ def test_engine_death_makes_ready_false_and_exits_nonzero(tmp_path):
         assert srv.proc.wait(30) == 1
     finally:
         srv.stop()
+
+
+def test_sigterm_drains_requests_in_flight_then_exits_zero(tmp_path):
+    """Readiness goes false and new requests get 503 at once; the streams in flight run
+    to their last token; then the process exits 0."""
+    import json
+    import threading
+
+    srv = longserve_eager(tmp_path / "longserve.log", "--max-model-len", "1024",
+                          "--kv-cache-memory", "256MiB", "--drain-seconds", "120").start()
+    try:
+        srv.wait_ready()
+        streams, started = [], threading.Barrier(3, timeout=120)
+
+        def stream(i: int) -> None:
+            tokens, done, first = 0, False, True
+            with httpx.stream("POST", srv.url + "/v1/chat/completions", timeout=300, json={
+                    "messages": [{"role": "user", "content": f"Story number {i}."}],
+                    "max_tokens": 160, "ignore_eos": True, "stream": True,
+                    "stream_options": {"include_usage": True}}) as resp:
+                for line in resp.iter_lines():
+                    if line == "data: [DONE]":
+                        done = True
+                    elif line.startswith("data: "):
+                        usage = json.loads(line[6:]).get("usage")
+                        tokens = usage["completion_tokens"] if usage else tokens
+                        if first:
+                            first = False
+                            started.wait()
+            streams.append((tokens, done))
+
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        started.wait()  # both streams are under way
+        srv.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while (ready := httpx.get(srv.url + "/ready", timeout=5)).status_code == 200:
+            assert time.monotonic() < deadline, "still ready after SIGTERM"
+            time.sleep(0.05)
+        assert ready.json()["status"] == "draining"
+        late = httpx.post(srv.url + "/v1/chat/completions", timeout=30, json={
+            "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+        assert late.status_code == 503 and late.headers["retry-after"] == "1"
+        assert "draining" in late.json()["error"]["message"]
+        for t in threads:
+            t.join(300)
+        assert streams == [(160, True), (160, True)]  # nothing lost
+        assert srv.proc.wait(60) == 0
+    finally:
+        srv.stop()

@@ -110,6 +110,7 @@ def test_the_configmap_is_settings_the_server_accepts(values, monkeypatch):
     settings = Settings()
     assert settings.port == 8000 and settings.host == "0.0.0.0"
     assert settings.default_max_tokens == 2048
+    assert settings.drain_seconds == 300 - 10 - 15  # grace period - preStop - shutdown
     if values == FULL:
         assert (settings.kv_policy, settings.kv_budget) == ("snapkv", 0.3)
         assert settings.max_model_len == 131072
