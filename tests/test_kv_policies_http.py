@@ -92,6 +92,8 @@ def sample_while_streaming(server, auth, payload: dict, probe=None, want: int = 
             except httpx.HTTPError:  # a starved server: try again
                 continue
             count, value = generated(text), probe(text)
+            if done.is_set():  # may already show the request aborted: not a sample
+                break
             seen.append(count - base)
             if window[0] <= count < window[1]:
                 samples.append((count - base, value))
@@ -105,6 +107,7 @@ def sample_while_streaming(server, auth, payload: dict, probe=None, want: int = 
             assert resp.status_code == 200, resp.read()
             for _ in resp.iter_lines():
                 if len(samples) >= want:
+                    done.set()  # before the abort: no scrape after it counts
                     break  # closing the stream aborts the request
     finally:
         done.set()
