@@ -160,11 +160,26 @@ def test_chunked_body_over_limit_is_413(server, auth):
     '{"messages": [{"role": "user", "content": "hi"}], "kv_policy": {"name": "full", "budget": true}}',
     '{"messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 99}',
     '\xff\xfe',
+    # found by loadtests/fuzz.sh: vLLM's own validators indexing a non-object
+    '{"messages": [{"role": "user", "content": "hi"}], "structured_outputs": 3.5}',
+    # a Harmony message object among chat messages, with documents
+    '{"messages": [{"role": "user", "content": "q"}, {"author": {"role": "user"}, "content": [],'
+    ' "channel": null, "recipient": "x", "content_type": "t"}], "documents": ["text"]}',
 ])
 def test_no_client_mistake_yields_500(server, auth, body):
     resp = post(server, auth, body.encode("latin-1"), headers={"content-type": "application/json"})
     assert 400 <= resp.status_code < 500, resp.text
     assert resp.json()["error"]["code"] == resp.status_code
+
+
+@pytest.mark.parametrize("body", [
+    '{"prompt": "hi", "structured_outputs": 3.5}',
+    '{"prompt": "hi", "structured_outputs": "json"}',
+])
+def test_no_client_mistake_on_completions_yields_500(server, auth, body):
+    resp = httpx.post(server.url + "/v1/completions", content=body.encode(), timeout=60,
+                      headers={**auth, "content-type": "application/json"})
+    assert 400 <= resp.status_code < 500, resp.text
 
 
 def test_non_json_content_type_is_415(server, auth):

@@ -16,7 +16,10 @@ DEFAULT_RESERVE = 256
 
 
 def message_text(message: dict) -> str | None:
-    """A message's content as one string; None when it holds anything but text."""
+    """A message's content as one string; None when it holds anything but text (or is not
+    an OpenAI-format message: vLLM also takes Harmony message objects)."""
+    if not isinstance(message, dict):
+        return None
     content = message.get("content")
     if isinstance(content, str):
         return content
@@ -60,7 +63,7 @@ class Context:
 def longest_message(messages: list[dict]) -> int:
     """Index of the longest text message that is not a system prompt."""
     candidates = [(len(message_text(m) or ""), i) for i, m in enumerate(messages)
-                  if m.get("role") not in ("system", "developer") and message_text(m)]
+                  if message_text(m) and m.get("role") not in ("system", "developer")]
     if not candidates:
         raise LongserveError("the request has no text message to shorten", param="messages")
     return max(candidates)[1]

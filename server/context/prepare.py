@@ -33,7 +33,7 @@ def context_for(request, state) -> Context:
 
 def _last_user(messages: list[dict]) -> int:
     for i in range(len(messages) - 1, -1, -1):
-        if messages[i].get("role") == "user":
+        if isinstance(messages[i], dict) and messages[i].get("role") == "user":
             if message_text(messages[i]) is None:
                 raise LongserveError("documents go before the last user message, which must "
                                      "be text", param="documents")

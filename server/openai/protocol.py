@@ -118,6 +118,17 @@ class LongserveFields(BaseModel):
     _prepared: dict = PrivateAttr(default_factory=dict)
     _splices: list = PrivateAttr(default_factory=list)  # refrag rows (server.rag.splice)
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _malformed(cls, data, handler):
+        """vLLM's own `before` validators index into fields they assume are objects (e.g.
+        `structured_outputs: 3.8`) and raise AttributeError/TypeError, which FastAPI would
+        answer with a 500: a malformed body is the client's mistake, a 400."""
+        try:
+            return handler(data)
+        except (AttributeError, TypeError, KeyError) as exc:
+            raise ValueError(f"malformed request body: {exc}") from None
+
     @field_validator("context_strategy")
     @classmethod
     def _known_strategy(cls, value: str | None) -> str | None:
