@@ -11,7 +11,12 @@ from server.context.base import Context, message_text, with_content
 from server.context.registry import get_strategy
 from server.errors import LongserveError
 from server.rag.config import RagConfig
-from server.rag.pipeline import Document, chunk_documents, compress_sense_expand
+from server.rag.pipeline import (
+    Document,
+    chunk_documents,
+    compress_sense_expand,
+    documents_message,
+)
 from server.rag.splice import Markers, Splice
 
 
@@ -69,7 +74,7 @@ def insert_documents(request, ctx: Context, max_tokens: int) -> dict:
                             for j, run in enumerate(plan.runs)]
         plan.provenance["compressed_rows"] = sum(len(s.rows) for s in request._splices)
     request.messages = with_content(request.messages, index,
-                                    f"Documents:\n\n{plan.context}\n\n{question}")
+                                    documents_message(plan.context, question))
     request.documents = None  # in the prompt now; not for the chat template
     metrics.record_rag(plan.provenance)
     return plan.provenance

@@ -80,6 +80,11 @@ def render(documents: list[Document], chunks: list[Chunk], expanded: set[int],
     return "\n\n".join(parts), runs
 
 
+def documents_message(context: str, question: str) -> str:
+    """The last user message once the documents are in it (served and trained alike)."""
+    return f"Documents:\n\n{context}\n\n{question}"
+
+
 def chunk_documents(documents: list[Document], tokenizer, chunk_tokens: int) -> list[Chunk]:
     return [c for d, doc in enumerate(documents)
             for c in chunk_document(d, doc.text, tokenizer, chunk_tokens)]

@@ -53,7 +53,7 @@ def splice(engine_input: dict, splices: list[Splice], tokenizer, dtype: torch.dt
     placeholder = tokenizer.convert_tokens_to_ids(PROMPT_EMBEDS_PLACEHOLDER_TOKEN)
     ids = list(engine_input["prompt_token_ids"])
     out_ids: list[int] = []
-    pieces: list[tuple[int, torch.Tensor | None]] = []  # (length, rows or None = tokens)
+    spans: list[tuple[int, torch.Tensor]] = []  # (where in out_ids, the rows put there)
     start = 0
     for item in splices:
         pattern = tokenizer.encode(item.marker, add_special_tokens=False)
@@ -62,21 +62,15 @@ def splice(engine_input: dict, splices: list[Splice], tokenizer, dtype: torch.dt
             raise RuntimeError(f"refrag marker {item.marker!r} is not in the rendered prompt "
                                "(the chat template changed the message?)")
         out_ids += ids[start:at]
-        pieces.append((at - start, None))
+        spans.append((len(out_ids), item.rows))
         out_ids += [placeholder] * len(item.rows)
-        pieces.append((len(item.rows), item.rows))
         start = at + len(pattern)
     out_ids += ids[start:]
-    pieces.append((len(ids) - start, None))
-    hidden = splices[0].rows.shape[1]
-    embeds = torch.zeros(len(out_ids), hidden, dtype=dtype)
+    embeds = torch.zeros(len(out_ids), splices[0].rows.shape[1], dtype=dtype)
     is_token = torch.ones(len(out_ids), dtype=torch.bool)
-    at = 0
-    for length, rows in pieces:
-        if rows is not None:
-            embeds[at:at + length] = rows.to(dtype)
-            is_token[at:at + length] = False
-        at += length
+    for at, rows in spans:
+        embeds[at:at + len(rows)] = rows.to(dtype)
+        is_token[at:at + len(rows)] = False
     return embeds_input(embeds, prompt=engine_input.get("prompt"),
                         cache_salt=engine_input.get("cache_salt"), prompt_token_ids=out_ids,
                         is_token_ids=is_token.tolist())

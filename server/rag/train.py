@@ -1,9 +1,7 @@
-"""`longserve train refrag`: fit the chunk projection (server/rag/projection.py) the way
-REFRAG (arXiv:2509.01092) starts, with the decoder and the encoder frozen:
-
-- reconstruction: from a chunk's projected rows alone the decoder reads the chunk back;
-- continual pre-training: from the projected rows of the chunks before it, the decoder
-  continues with the next chunk.
+"""`longserve train refrag`: fit the chunk projection (server/rag/projection.py) on
+REFRAG's (arXiv:2509.01092) objectives, with the decoder and the encoder frozen (see
+`Examples`: reconstruct, continue, and question answering over a prompt rendered as the
+RAG path renders it); `--init` continues from an earlier stage, as REFRAG's curriculum.
 
 The text is generated (company records of loadtests/multidoc.py among seeded prose, under
 a seed namespace the benchmarks do not use), chunked with the server's own chunker and
@@ -99,7 +97,7 @@ class Examples:
     def qa(self, rng: random.Random) -> Example:
         """A short multi-record question, rendered as the server renders it."""
         from loadtests.multidoc import INSTRUCTION, companies, record
-        from server.rag.pipeline import Document, chunk_documents, render
+        from server.rag.pipeline import Document, chunk_documents, documents_message, render
         from server.rag.splice import Markers, find
 
         names = companies(rng, rng.randint(3, 6))
@@ -116,7 +114,7 @@ class Examples:
         context, runs = render(docs, chunks, expanded, {}, markers, every_document=True)
         vectors = self.encoder.encode([c.text for c in chunks])
         question = f"{INSTRUCTION}\n\nQuestion: What is the archive code of {names[asked]}?"
-        messages = [{"role": "user", "content": f"Documents:\n\n{context}\n\n{question}"},
+        messages = [{"role": "user", "content": documents_message(context, question)},
                     {"role": "assistant",
                      "content": f"Answer: The archive code of {names[asked]} is"}]
         ids = self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False,
