@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-import threading
 import time
 import uuid
 
@@ -66,16 +65,17 @@ def run(server, auth, *payloads) -> list[list[int]]:
 
 def sample_while_streaming(server, auth, payload: dict, probe=None, want: int = 3) -> list:
     """`(tokens generated, probe(metrics_text))` read while the request decodes, as the
-    engine saw it; `probe` is vLLM's KV usage by default. A poller thread scrapes
-    `/metrics` from the moment the request is sent; a sample is kept when vLLM's
-    generation counter in the same scrape (set with the KV gauge, from one engine step)
-    shows the request past its 8th token and short of its last: prefill done, the policy
-    applied, blocks still held. Once `want` samples are in, the client closes the stream
-    (vLLM aborts the request) and the engine is waited back to idle. Timing by the
-    client is not enough: on a busy machine one scrape can take longer than a short
-    decode, so `max_tokens` should leave the poller hundreds of tokens, and the caller
-    judges each sample at its own token count (`blocks_of`, `full_cache_blocks`).
-    `payload` must run to `max_tokens` (ignore_eos) on an otherwise idle engine."""
+    engine saw it; `probe` is vLLM's KV usage by default. The client reads the stream and,
+    from its 8th chunk on, scrapes `/metrics` between chunks (the engine goes on decoding
+    meanwhile); a sample is kept when vLLM's generation counter in the same scrape (set
+    with the KV gauge, from one engine step) shows the request past its 8th token and
+    short of its last: prefill done, the policy applied, blocks still held. Once `want`
+    samples are in, the client closes the stream (vLLM aborts the request) and the engine
+    is waited back to idle. No poller thread: a scrape is taken only while the stream is
+    open, so a slow scrape delays the next one and nothing else. `max_tokens` should leave
+    hundreds of tokens, and the caller judges each sample at its own token count
+    (`blocks_of`, `full_cache_blocks`). `payload` must run to `max_tokens` (ignore_eos) on
+    an otherwise idle engine."""
     from tests.test_limits_http import wait_engine_idle
 
     assert payload.get("ignore_eos"), "the window is counted in generated tokens"
@@ -83,37 +83,26 @@ def sample_while_streaming(server, auth, payload: dict, probe=None, want: int = 
     generated = lambda text: metric_value(text, "vllm:generation_tokens_total")  # noqa: E731
     base = generated(metrics(server, auth))
     window = (base + 8, base + payload["max_tokens"])
-    done, samples, seen = threading.Event(), [], []
-
-    def poll():
-        while not done.is_set():
-            try:
-                text = httpx.get(server.url + "/metrics", headers=auth, timeout=60).text
-            except httpx.HTTPError:  # a starved server: try again
+    samples, seen, chunks, last = [], [], 0, ""
+    with httpx.stream("POST", server.url + "/v1/chat/completions", headers=auth,
+                      json={**payload, "stream": True}, timeout=300) as resp:
+        assert resp.status_code == 200, resp.read()
+        for line in resp.iter_lines():
+            if not line.startswith("data: "):
                 continue
-            count, value = generated(text), probe(text)
-            if done.is_set():  # may already show the request aborted: not a sample
-                break
+            chunks, last = chunks + 1, line
+            if chunks < 8:
+                continue
+            text = httpx.get(server.url + "/metrics", headers=auth, timeout=120).text
+            count = generated(text)
             seen.append(count - base)
             if window[0] <= count < window[1]:
-                samples.append((count - base, value))
-            time.sleep(0.02)
-
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
-    try:
-        with httpx.stream("POST", server.url + "/v1/chat/completions", headers=auth,
-                          json={**payload, "stream": True}, timeout=300) as resp:
-            assert resp.status_code == 200, resp.read()
-            for _ in resp.iter_lines():
-                if len(samples) >= want:
-                    done.set()  # before the abort: no scrape after it counts
-                    break  # closing the stream aborts the request
-    finally:
-        done.set()
-        poller.join()
+                samples.append((count - base, probe(text)))
+            if len(samples) >= want:
+                break  # closing the stream aborts the request
     wait_engine_idle(server, auth, timeout=120)
-    assert samples, f"no scrape while the request decoded (tokens seen: {sorted(set(seen))})"
+    assert samples, (f"no scrape while the request decoded (tokens seen: {seen[:20]}; "
+                     f"{chunks} chunks, the last: {last[:300]})")
     return samples
 
 
