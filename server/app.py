@@ -45,7 +45,7 @@ async def _start_engine(app: FastAPI) -> None:
             wiring.create_engine, state.vllm_args, [state.admission.stat_logger_factory()])
         start_output_handler(state.engine)
         state.admission.max_num_seqs = state.engine.vllm_config.scheduler_config.max_num_seqs
-        state.serving = await build_serving(state.engine, state.vllm_args)
+        state.serving = await build_serving(state.engine, state.vllm_args, state.admission)
         await asyncio.to_thread(state.chunk_encoder.encoder.load)
         if state.settings.rag_projection:
             from server.rag.projection import load_projection
@@ -120,7 +120,7 @@ def build_app(settings: Settings, vllm_extra: list[str] | None = None) -> FastAP
     app.state.engine = None
     app.state.serving = None
     app.state.exit_code = 0
-    app.state.admission = Admission(settings.max_queued_requests)
+    app.state.admission = Admission.from_settings(settings)
     app.state.rag_projection = None
     app.state.chunk_encoder = CachedEncoder(Encoder(), make_store(settings.chunk_store),
                                             on_lookup=metrics.record_encoder_lookup)
@@ -130,6 +130,6 @@ def build_app(settings: Settings, vllm_extra: list[str] | None = None) -> FastAP
     errors.install(app)
     # The last added runs first: the size limit, then auth, then the routes.
     if settings.api_key is not None:
-        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key.get_secret_value())
+        app.add_middleware(APIKeyMiddleware, api_keys=settings.api_keys())
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     return app

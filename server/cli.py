@@ -31,7 +31,8 @@ def _serve_parser(sub) -> None:
     add("--host", help="bind address (default 0.0.0.0)")
     add("--port", type=int, help="port (default 8000)")
     add("--max-model-len", type=int, help="context length in tokens (default: the model's)")
-    add("--api-key", help="require `Authorization: Bearer KEY` (all routes but /health, /ready)")
+    add("--api-key", help="require `Authorization: Bearer KEY` (all routes but /health, "
+        "/ready); several keys comma-separated, each with its own rate limits")
     add("--kv-cache-memory", help="KV cache size, e.g. 2GiB (default: 2GiB on CPU; on GPU, "
         "vLLM's --gpu-memory-utilization share)")
     add("--max-num-seqs", type=int, help="requests the engine runs at once")
@@ -42,6 +43,15 @@ def _serve_parser(sub) -> None:
         "max_tokens may generate (default 2048; vLLM's own: the rest of the context)")
     add("--max-queued-requests", type=int,
         help="waiting requests beyond which new ones get 429 (default 256)")
+    add("--max-queued-tokens", type=int, help="prompt tokens waiting for the engine beyond "
+        "which new requests get 429 (default 0: no limit)")
+    add("--queue-timeout", type=float, help="seconds a request may wait for its first output "
+        "before it is aborted with 503 (default 0: no deadline)")
+    add("--rate-limit-rpm", type=int, help="requests per minute per API key (default 0: none)")
+    add("--rate-limit-tpm", type=int, help="tokens per minute per API key: prompt plus the "
+        "completion tokens a request may generate (default 0: none)")
+    add("--rate-limit-store", help="rate-limit buckets: memory (default, per replica) or "
+        "redis://HOST:PORT[/DB] (shared across replicas)")
     add("--kv-policy", help="default KV cache policy (default: full)")
     add("--kv-budget", type=_number, help="default KV budget: ratio in (0,1] or token count")
     add("--kv-recompress-every", type=int, help="run a request's KV policy again once its "
@@ -119,6 +129,23 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _health(args: argparse.Namespace) -> int:
+    """0 when the local server answers /health (or /ready) with 200: the image's
+    HEALTHCHECK, which has neither curl nor an HTTP client of its own."""
+    import os
+    import urllib.error
+    import urllib.request
+
+    port = args.port or int(os.environ.get("LONGSERVE_PORT", "8000"))
+    url = f"http://127.0.0.1:{port}/{'ready' if args.ready else 'health'}"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as resp:
+            return 0 if resp.status == 200 else 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"longserve health: {url}: {exc}", file=sys.stderr)
+        return 1
+
+
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train what longserve learns (`refrag`: the RAG chunk "
                        "projection served with --rag-projection)")
@@ -159,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bench", help="quality and load benchmarks (`longserve bench -h`)",
                    add_help=False)
     _train_parser(sub)
+    health = sub.add_parser("health", help="exit 0 if the server on this host is alive "
+                            "(--ready: loaded and serving); for container health checks")
+    health.add_argument("--ready", action="store_true", help="ask /ready instead of /health")
+    health.add_argument("--port", type=int, help="default: $LONGSERVE_PORT or 8000")
+    health.add_argument("--timeout", type=float, default=5.0)
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
@@ -174,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         from server.rag.train import run as train
 
         return train(args)
+    if args.command == "health":
+        return _health(args)
     return _models(args)
 
 

@@ -61,9 +61,18 @@ class QueueFull(LongserveError):
     type = "RateLimitError"
 
 
+class RateLimited(LongserveError):
+    status = HTTPStatus.TOO_MANY_REQUESTS
+    type = "RateLimitError"
+
+
 class ServiceUnavailable(LongserveError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
     type = "ServiceUnavailableError"
+
+
+class QueueTimeout(ServiceUnavailable):
+    pass
 
 
 def count_error(status: int, type_: str) -> None:

@@ -21,6 +21,18 @@ ERRORS = Counter(
 IN_FLIGHT = Gauge("longserve_requests_in_flight", "admitted requests not yet finished")
 QUEUE_WAITING = Gauge(
     "longserve_queue_waiting", "requests waiting for an engine slot (admission's estimate)")
+QUEUED_TOKENS = Gauge(
+    "longserve_queued_prompt_tokens",
+    "prompt tokens of admitted requests that have no output yet (queued or in prefill)")
+QUEUE_TIMEOUTS = Counter(
+    "longserve_queue_timeouts", "requests given up because no output came within "
+    "--queue-timeout")
+RATE_LIMITED = Counter(
+    "longserve_rate_limited", "requests refused by a per-key rate limit, by key id (a hash, "
+    "never the key) and limit", ["key", "limit"])
+RATE_LIMIT_STORE_ERRORS = Counter(
+    "longserve_rate_limit_store_errors", "requests let through because the rate limit "
+    "store (Redis) could not be reached")
 DISCONNECTS = Counter(
     "longserve_client_disconnects", "requests aborted because the client went away",
     ["stream"],

@@ -9,28 +9,41 @@ from __future__ import annotations
 import secrets
 
 from server.errors import PayloadTooLarge, Unauthorized, error_response
+from server.ratelimit import key_id
 
 OPEN_PATHS = frozenset({"/health", "/ready"})
 
 
 class APIKeyMiddleware:
-    """Every route but /health and /ready needs `Authorization: Bearer <key>`."""
+    """Every route but /health and /ready needs `Authorization: Bearer <key>`, one of the
+    server's keys. The key's id (a hash: server.ratelimit.key_id) goes to
+    `request.state.api_key_id`, which rate limits are counted by."""
 
-    def __init__(self, app, api_key: str) -> None:
+    def __init__(self, app, api_keys: list[str]) -> None:
         self.app = app
-        self._key = api_key.encode()
+        self._keys = [(key.encode(), key_id(key)) for key in api_keys]
 
-    def _authorized(self, scope) -> bool:
+    def _key_id(self, scope) -> str | None:
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
                 scheme, _, token = value.partition(b" ")
-                # compare_digest: no timing side channel on the key's content
-                return scheme.lower() == b"bearer" and secrets.compare_digest(
-                    token.strip(), self._key)
-        return False
+                if scheme.lower() != b"bearer":
+                    return None
+                # compare_digest against every key: no timing side channel on which
+                # key, or how much of one, matched
+                found = None
+                for key, ident in self._keys:
+                    if secrets.compare_digest(token.strip(), key):
+                        found = ident
+                return found
+        return None
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._authorized(scope):
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        ident = self._key_id(scope)
+        if ident is not None:
+            scope.setdefault("state", {})["api_key_id"] = ident
             return await self.app(scope, receive, send)
         await error_response(Unauthorized(
             "missing or invalid API key: send `Authorization: Bearer <key>`",

@@ -51,13 +51,26 @@ class Settings(BaseSettings):
     enforce_eager: bool = Field(False, description="skip graph compilation (fast start)")
     api_key: SecretStr | None = Field(
         None, description="require `Authorization: Bearer <key>` on every route but "
-        "/health and /ready")
+        "/health and /ready; several keys comma-separated (rate limits count per key)")
     max_request_bytes: int = Field(16 * 2**20, ge=1024, description="largest request body")
     default_max_tokens: int = Field(
         2048, ge=1, description="completion tokens a request that sets no max_tokens may "
         "generate (vLLM's own default is the whole rest of the context)")
     max_queued_requests: int = Field(
         256, ge=0, description="requests waiting for the engine beyond which new ones get 429")
+    max_queued_tokens: int = Field(
+        0, ge=0, description="prompt tokens waiting for the engine (no output yet) beyond "
+        "which new requests get 429; 0: no limit")
+    queue_timeout: float = Field(
+        0, ge=0, description="seconds a request may wait in the engine for its first output "
+        "(queue and prefill) before it is aborted with 503; 0: no deadline")
+    rate_limit_rpm: int = Field(0, ge=0, description="requests per minute per API key; 0: none")
+    rate_limit_tpm: int = Field(
+        0, ge=0, description="tokens per minute per API key (prompt plus the completion "
+        "tokens a request may generate); 0: none")
+    rate_limit_store: str = Field(
+        "memory", description="where rate-limit buckets live: memory (per replica) or "
+        "redis://HOST:PORT[/DB] (shared by every replica)")
     kv_policy: str = Field("full", description="default KV cache policy")
     kv_budget: float | int | None = Field(None, description="default KV policy budget")
     kv_recompress_every: int = Field(
@@ -125,9 +138,9 @@ class Settings(BaseSettings):
         AttentionSpec(name="sparse", **value)  # raises on unknown or invalid parameters
         return value
 
-    @field_validator("chunk_store")
+    @field_validator("chunk_store", "rate_limit_store")
     @classmethod
-    def _chunk_store(cls, value: str) -> str:
+    def _store(cls, value: str) -> str:
         if value != "memory" and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"takes `memory` or redis://HOST:PORT[/DB], got {value!r}")
         return value
@@ -145,6 +158,17 @@ class Settings(BaseSettings):
     @classmethod
     def _strategy(cls, value: str) -> str:
         return check_name(value)
+
+    @field_validator("api_key")
+    @classmethod
+    def _keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not all(k.strip() for k in
+                                         value.get_secret_value().split(",")):
+            raise ValueError("an empty API key (check the commas)")
+        return value
+
+    def api_keys(self) -> list[str]:
+        return [k.strip() for k in self.api_key.get_secret_value().split(",")]
 
     @model_validator(mode="after")
     def _policy(self) -> Settings:

@@ -40,6 +40,8 @@ class SparseConfig:
             value, kind = getattr(self, f.name), kinds[f.type]
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise ValueError(f"{f.name} must be {f.type}, got {value!r}")
+            if f.type == "int" and value > 2**31 - 1:  # lengths: no context is longer
+                raise ValueError(f"{f.name} must be at most {2**31 - 1}, got {value}")
         if self.method not in METHODS:
             raise ValueError(f"unknown sparse method {self.method!r}; one of: "
                              f"{', '.join(METHODS)}")

@@ -19,7 +19,8 @@ from vllm.entrypoints.serve.utils.api_utils import with_cancellation
 
 from server import metrics
 from server.context.prepare import prepare_chat
-from server.errors import LongserveError, UnsupportedMediaType, count_error
+from server.errors import LongserveError, UnsupportedMediaType, count_error, envelope
+from server.limits import CURRENT_TICKET
 from server.openai.protocol import (
     AttentionSpec,
     KVPolicySpec,
@@ -27,6 +28,7 @@ from server.openai.protocol import (
     LongserveCompletionRequest,
     LongserveFields,
 )
+from server.ratelimit import ANONYMOUS
 from server.state import serving_or_503
 
 router = APIRouter()
@@ -123,6 +125,12 @@ async def _stream(events: AsyncGenerator[str, None], ticket, applied: dict,
     try:
         first = True
         async for event in events:
+            if ticket.failure is not None and event.startswith("data: {"):
+                # given up before any output (--queue-timeout): vLLM's event would say 400
+                failure = ticket.failure
+                count_error(failure.status, failure.type)
+                error = envelope(failure.message, failure.type, failure.status)
+                event = f"data: {json.dumps(error)}\n\n"
             yield _shape_event(event, applied if first else None, extra_usage)
             first = False
         finished = True
@@ -151,8 +159,11 @@ async def _serve(raw_request: Request, request: LongserveFields, endpoint: str, 
     state = raw_request.app.state
     serving = serving_or_503(state)
     _fill_defaults(request, state)
-    ticket = state.admission.admit(getattr(request, "n", None) or 1)
+    key = getattr(raw_request.state, "api_key_id", ANONYMOUS)
+    ticket = state.admission.admit(getattr(request, "n", None) or 1, key)
+    CURRENT_TICKET.set(ticket)  # this task's: the render step and the engine call read it
     try:
+        await ticket.charge_request()
         if isinstance(request, LongserveChatCompletionRequest):
             request._prepared = await prepare_chat(request, state)
         result = await create(serving)

@@ -2,9 +2,11 @@
 
 Chat templating, tokenization, sampling parameters, streaming and usage are vLLM's own
 (`OpenAIServingChat`, `OpenAIServingCompletion`). The subclasses check the tokenized
-prompt fits before anything reaches the engine. Context strategies other than `reject`
-rewrite chat messages (server.context); a `/v1/completions` prompt that does not fit is
-rejected whatever the strategy.
+prompt fits before anything reaches the engine, then charge its tokens to the request's
+admission ticket (token queue, per-key tokens per minute: server.limits). Context
+strategies other than `reject` rewrite chat messages (server.context); a
+`/v1/completions` prompt that does not fit is rejected whatever the strategy. Their
+engine is server.limits.AdmittedEngine: the ticket learns of the first output there.
 """
 
 from __future__ import annotations
@@ -20,24 +22,30 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.renderers.online_renderer import OnlineRenderer
 
 from server.context.registry import get_strategy
+from server.limits import CURRENT_TICKET, AdmittedEngine
 from server.rag.splice import splice
 
 
-class _ContextStrategyStep:
-    def _apply_context_strategy(self, request, engine_inputs, field: str) -> None:
+class _PromptAdmission:
+    async def _admit_prompts(self, request, engine_inputs, field: str) -> None:
         """The last word on length, after the strategy (server.context.prepare) ran on a
-        chat request: what still does not fit is a 400, never cut here."""
+        chat request: what still does not fit is a 400, never cut here. Then the prompt
+        tokens go to the admission ticket (429 when the queue or the key's tokens per
+        minute cannot take them)."""
         strategy = get_strategy(request.context_strategy if field == "messages" else "reject")
-        for engine_input in engine_inputs:
-            strategy.check(
-                prompt_tokens=self._extract_prompt_len(engine_input),  # type: ignore[attr-defined]
-                requested_tokens=request.requested_tokens(),
-                max_model_len=self.model_config.max_model_len,  # type: ignore[attr-defined]
-                field=field,
-            )
+        max_model_len = self.model_config.max_model_len  # type: ignore[attr-defined]
+        lengths = [self._extract_prompt_len(e) for e in engine_inputs]  # type: ignore[attr-defined]
+        for prompt_tokens in lengths:
+            strategy.check(prompt_tokens=prompt_tokens,
+                           requested_tokens=request.requested_tokens(),
+                           max_model_len=max_model_len, field=field)
+        ticket = CURRENT_TICKET.get()
+        if ticket is not None:
+            await ticket.enter_queue(lengths, max_model_len, request.requested_tokens(),
+                                     getattr(request, "n", None) or 1)
 
 
-class LongserveServingChat(_ContextStrategyStep, OpenAIServingChat):
+class LongserveServingChat(_PromptAdmission, OpenAIServingChat):
     async def render_chat_request(self, request):
         result = await super().render_chat_request(request)
         if isinstance(result, ErrorResponse):
@@ -45,15 +53,15 @@ class LongserveServingChat(_ContextStrategyStep, OpenAIServingChat):
         if request._splices:  # refrag rows where their markers were rendered
             result = result[0], [splice(e, request._splices, self.renderer.tokenizer,
                                         self.model_config.dtype) for e in result[1]]
-        self._apply_context_strategy(request, result[1], "messages")
+        await self._admit_prompts(request, result[1], "messages")
         return result
 
 
-class LongserveServingCompletion(_ContextStrategyStep, OpenAIServingCompletion):
+class LongserveServingCompletion(_PromptAdmission, OpenAIServingCompletion):
     async def render_completion_request(self, request):
         result = await super().render_completion_request(request)
         if not isinstance(result, ErrorResponse):
-            self._apply_context_strategy(request, result, "prompt")
+            await self._admit_prompts(request, result, "prompt")
         return result
 
 
@@ -64,10 +72,11 @@ class Serving:
     completion: LongserveServingCompletion
 
 
-async def build_serving(engine, args: Namespace) -> Serving:
+async def build_serving(engine, args: Namespace, admission) -> Serving:
     """The serving objects `vllm serve` builds in `init_app_state`, from the same argument
     namespace and with the same keyword arguments, so vLLM's chat-template, tool-parser
-    and logging flags behave as they do there."""
+    and logging flags behave as they do there; chat and completions generate through
+    `AdmittedEngine`."""
     from vllm.entrypoints.launchers.cli_args import resolve_default_chat_template_kwargs
     from vllm.entrypoints.serve.utils.api_utils import process_lora_modules
     from vllm.entrypoints.serve.utils.request_logger import RequestLogger
@@ -118,12 +127,13 @@ async def build_serving(engine, args: Namespace) -> Serving:
         enable_force_include_usage=args.enable_force_include_usage,
         enable_per_request_metrics=args.enable_per_request_metrics,
     )
+    admitted = AdmittedEngine(engine, admission)
     chat = LongserveServingChat(
-        engine, models, args.response_role,
+        admitted, models, args.response_role,
         enable_log_outputs=args.enable_log_outputs,
         enable_log_deltas=args.enable_log_deltas,
         **tools,
         **common,
     )
-    completion = LongserveServingCompletion(engine, models, **common)
+    completion = LongserveServingCompletion(admitted, models, **common)
     return Serving(models=models, chat=chat, completion=completion)

@@ -23,7 +23,9 @@ FULL = ["--set", "gpu.count=2", "--set", "apiKey.value=s3cret", "--set", "redis.
         "--set", "redis.kvOffload=true", "--set", "serviceMonitor.enabled=true",
         "--set", "autoscaling.enabled=true", "--set", "server.kvPolicy=snapkv",
         "--set-json", "server.kvBudget=0.3", "--set", "server.maxModelLen=131072",
-        "--set-json", 'server.extraArgs=["--dtype", "bfloat16"]']
+        "--set-json", 'server.extraArgs=["--dtype", "bfloat16"]',
+        "--set", "rateLimit.requestsPerMinute=600", "--set", "rateLimit.tokensPerMinute=200000",
+        "--set", "server.maxQueuedTokens=500000", "--set-json", "server.queueTimeout=90.5"]
 
 
 def helm(*args: str) -> subprocess.CompletedProcess:
@@ -116,6 +118,13 @@ def test_the_configmap_is_settings_the_server_accepts(values, monkeypatch):
         assert settings.max_model_len == 131072
         assert settings.chunk_store == "redis://rel-longserve-redis:6379/0"
         assert settings.kv_offload == "redis://rel-longserve-redis:6379/1"
+        assert settings.rate_limit_store == "redis://rel-longserve-redis:6379/2"
+        assert (settings.rate_limit_rpm, settings.rate_limit_tpm) == (600, 200000)
+        assert (settings.max_queued_tokens, settings.queue_timeout) == (500000, 90.5)
+        assert settings.api_keys() == ["from-the-secret"]
+    else:
+        assert settings.rate_limit_rpm == settings.rate_limit_tpm == 0
+        assert settings.rate_limit_store == "memory"
 
 
 @pytest.mark.parametrize("value, fragment", [
@@ -125,6 +134,7 @@ def test_the_configmap_is_settings_the_server_accepts(values, monkeypatch):
     ("server.maxNumSeqs=many", "server.maxNumSeqs"),
     ("server.typo=1", "typo"),
     ("service.port=70000", "service.port"),
+    ("rateLimit.requestsPerMinute=-5", "rateLimit.requestsPerMinute"),
 ])
 def test_the_values_schema_rejects_bad_values(value, fragment):
     proc = helm("template", "rel", str(CHART), "--set", value)
