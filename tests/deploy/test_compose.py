@@ -76,6 +76,7 @@ def test_both_profiles_serve_the_same_settings(monkeypatch):
     assert "deploy" not in cpu
     for service in (gpu, cpu):
         assert service["networks"]["default"]["aliases"] == ["longserve"]  # what is scraped
+        assert service["shm_size"] == "2gb"  # vLLM needs 160 MiB of /dev/shm at start
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
         for name, value in service["environment"].items():
             monkeypatch.setenv(name, str(value))
