@@ -8,6 +8,11 @@ from __future__ import annotations
 
 
 def register() -> None:
+    from vllm import ModelRegistry
+
     from attention_backends.registry import register as register_attention
 
     register_attention()
+    # Hugging Face's MiniMax format (lightning + softmax layers); vLLM dropped its own
+    ModelRegistry.register_model("MiniMaxForCausalLM",
+                                 "attention_backends.lightning.model:MiniMaxForCausalLM")

@@ -113,3 +113,17 @@ def test_bf16_inputs_keep_a_float32_state():
     want, _ = naive.recurrent(q.float(), k.float(), v.float(), slopes)
     assert out.dtype == torch.bfloat16 and state.dtype == torch.float32
     torch.testing.assert_close(out.float(), want, atol=2e-2, rtol=2e-2)
+
+
+def test_layer_decay_rates_are_hugging_faces():
+    from transformers import MiniMaxConfig
+    from transformers.models.minimax.modeling_minimax import MiniMaxLightningAttention
+
+    from attention_backends.lightning.layer import slope_rates
+
+    config = MiniMaxConfig(hidden_size=96, num_attention_heads=6, head_dim=16,
+                           num_hidden_layers=5, block_size=32,
+                           layer_types=["linear_attention"] * 5)
+    for layer in range(5):
+        theirs = MiniMaxLightningAttention(config, layer).slope_rate.flatten()
+        torch.testing.assert_close(slope_rates(6, layer, 5), theirs.float())

@@ -1,0 +1,114 @@
+"""A hybrid lightning/softmax model in Hugging Face's MiniMax format, built here with
+random weights (transformers' `MiniMaxForCausalLM`, saved as config + safetensors in the
+original MiniMax layout), served by `longserve serve --model DIR`, against a plain PyTorch
+forward of the same weights (transformers' own implementation).
+
+Three lightning layers (block 32) and one softmax layer; prompts longer than a lightning
+block, sent as one batch of mixed lengths, with prefill chunked at 48 tokens so that
+chunks cut through lightning blocks and mix with other requests' decodes."""
+
+from __future__ import annotations
+
+import shutil
+
+import httpx
+import pytest
+import torch
+
+from tests.conftest import metric_value
+
+pytestmark = pytest.mark.engine
+
+LAYERS = ["linear_attention", "linear_attention", "linear_attention", "full_attention"]
+CHUNK = 48
+
+
+def build_checkpoint(out) -> None:
+    from transformers import MiniMaxConfig, MiniMaxForCausalLM
+
+    from server.model_store import prepare
+
+    for f in prepare()[0].iterdir():  # SmolLM2's tokenizer and chat template
+        if f.name.startswith("tokenizer") or f.name == "chat_template.jinja":
+            shutil.copy(f, out / f.name)
+    torch.manual_seed(0)
+    config = MiniMaxConfig(
+        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+        max_position_embeddings=4096, num_local_experts=4, num_experts_per_tok=2,
+        block_size=32, layer_types=LAYERS, bos_token_id=1, eos_token_id=2,
+        tie_word_embeddings=False, dtype="float32")
+    model = MiniMaxForCausalLM(config).eval()
+    with torch.no_grad():
+        for _, param in model.named_parameters():
+            if param.dim() >= 2:
+                param.normal_(0, 0.08)
+            else:
+                param.copy_(1 + 0.1 * torch.randn_like(param))  # norms: not all ones
+    model.save_pretrained(out, safe_serialization=True)
+
+
+@pytest.fixture(scope="module")
+def minimax(tmp_path_factory):
+    from tests.conftest import longserve_eager
+
+    model_dir = tmp_path_factory.mktemp("minimax")
+    build_checkpoint(model_dir)
+    srv = longserve_eager(tmp_path_factory.mktemp("minimax-log") / "longserve.log",
+                          "--model", str(model_dir), "--dtype", "float32",
+                          "--max-num-batched-tokens", str(CHUNK), "--max-num-seqs", "4",
+                          "--kv-cache-memory", "256MiB").start()
+    try:
+        yield srv.wait_ready(), model_dir
+    finally:
+        srv.stop()
+
+
+def reference(model_dir, prompt: list[int], steps: int) -> tuple[list[int], list[float]]:
+    from transformers import MiniMaxForCausalLM
+
+    model = MiniMaxForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=steps, do_sample=False,
+                             output_logits=True, return_dict_in_generate=True)
+    tokens = out.sequences[0, len(prompt):].tolist()
+    logprobs = [torch.log_softmax(step[0].float(), -1)[t].item()
+                for step, t in zip(out.logits, tokens)]
+    return tokens, logprobs
+
+
+def test_served_tokens_and_logprobs_match_the_pytorch_forward(minimax):
+    server, model_dir = minimax
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 49000, (n,), generator=gen).tolist() for n in (5, 70, 150)]
+    def steps() -> float:  # engine steps that produced output
+        return metric_value(httpx.get(server.url + "/metrics").text,
+                            "vllm:iteration_tokens_total_count")
+
+    before = steps()
+    resp = httpx.post(server.url + "/v1/completions", timeout=300, json={
+        "prompt": prompts, "max_tokens": 8, "temperature": 0, "logprobs": 1,
+        "return_token_ids": True})
+    assert resp.status_code == 200, resp.text
+    choices = sorted(resp.json()["choices"], key=lambda c: c["index"])
+    for prompt, choice in zip(prompts, choices):
+        tokens, logprobs = reference(model_dir, prompt, 8)
+        assert choice["token_ids"] == tokens, len(prompt)
+        served = choice["logprobs"]["token_logprobs"]
+        assert max(abs(a - b) for a, b in zip(served, logprobs)) < 1e-3, len(prompt)
+    # unchunked, the three prefills share one step and 7 decode steps follow; chunks of 48
+    # make the 150-token prompt take at least 4 steps while the others decode
+    assert steps() - before >= 150 // CHUNK + 8
+
+
+def test_chat_streams_through_the_hybrid_model(minimax):
+    from openai import OpenAI
+
+    server, _ = minimax
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    model = client.models.list().data[0].id
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "word " * 60}], max_tokens=6,
+        temperature=0, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[-1].usage.completion_tokens == 6 and chunks[-1].usage.prompt_tokens > 60
