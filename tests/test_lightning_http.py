@@ -112,3 +112,12 @@ def test_chat_streams_through_the_hybrid_model(minimax):
         temperature=0, stream=True, stream_options={"include_usage": True})
     chunks = list(stream)
     assert chunks[-1].usage.completion_tokens == 6 and chunks[-1].usage.prompt_tokens > 60
+
+
+def test_kv_policies_are_refused_on_a_hybrid_model(minimax):
+    server, _ = minimax
+    resp = httpx.post(server.url + "/v1/chat/completions", timeout=60, json={
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+        "kv_policy": {"name": "snapkv", "budget": 0.5}})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "kv_policy"
+    assert "lightning" in resp.json()["error"]["message"]

@@ -56,6 +56,11 @@ def _fill_defaults(request: LongserveFields, state) -> None:
             f"this server runs vLLM's quantized cache (--kv-cache-dtype {cache_dtype}) and "
             "serves `full` only (for a quantized cache with policies, use kivi8/kivi4)",
             param="kv_policy")
+    if request.kv_policy.name != "full" and _is_hybrid(state):
+        raise LongserveError(
+            f"kv_policy {request.kv_policy.name!r} needs a model whose layers all use softmax "
+            "attention (one paged KV cache); this model mixes in recurrent layers "
+            "(e.g. lightning attention) and serves `full` only", param="kv_policy")
     if request.kv_policy.name != "full" and not _cpu_only_policy_ok(request.kv_policy.name):
         raise LongserveError(
             f"kv_policy {request.kv_policy.name!r} attends through longserve's CPU path and is "
@@ -83,6 +88,11 @@ def _fill_attention(request: LongserveFields, state) -> None:
                                  "kernel; the CPU path attends verticals as whole KV blocks: "
                                  "set columns to 0", param="attention")
     request.attention = spec
+
+
+def _is_hybrid(state) -> bool:
+    config = getattr(getattr(state, "engine", None), "vllm_config", None)
+    return bool(config and config.model_config.is_hybrid)
 
 
 def _cpu_only_policy_ok(name: str) -> bool:
