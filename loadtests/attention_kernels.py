@@ -56,6 +56,7 @@ def lightning(contexts: list[int], repeat: int) -> None:
 
 def mfa(contexts: list[int], repeat: int) -> None:
     from kernels.mfa_decode import cpu, naive
+    from kernels.paged_gather.naive import paged_gather
 
     heads, dim, block = 64, 256, 128  # Step-3's attention: 64 query heads, one KV head
     print(f"\nMFA decode, {heads} query heads x {dim} over 1 shared KV head, bf16, batch 4")
@@ -74,8 +75,8 @@ def mfa(contexts: list[int], repeat: int) -> None:
         def generic():
             out = []
             for b in range(batch):
-                keys = k_cache[tables[b]].flatten(0, 1)[:n, 0]
-                values = v_cache[tables[b]].flatten(0, 1)[:n, 0]
+                keys = paged_gather(k_cache, tables[b], n)[:, 0]
+                values = paged_gather(v_cache, tables[b], n)[:, 0]
                 keys = keys[None].expand(heads, n, dim).contiguous()  # one copy per head
                 values = values[None].expand(heads, n, dim).contiguous()
                 out.append(torch.nn.functional.scaled_dot_product_attention(
@@ -85,8 +86,8 @@ def mfa(contexts: list[int], repeat: int) -> None:
         def gqa():  # the KV head broadcast inside SDPA, nothing copied
             out = []
             for b in range(batch):
-                keys = k_cache[tables[b]].flatten(0, 1)[:n, 0]
-                values = v_cache[tables[b]].flatten(0, 1)[:n, 0]
+                keys = paged_gather(k_cache, tables[b], n)[:, 0]
+                values = paged_gather(v_cache, tables[b], n)[:, 0]
                 out.append(torch.nn.functional.scaled_dot_product_attention(
                     q[b][None, :, None], keys[None, None], values[None, None], scale=scale,
                     enable_gqa=True))

@@ -55,7 +55,9 @@ class Admission:
         self.max_queued_tokens = max_queued_tokens  # 0: no limit
         self.queue_timeout = queue_timeout  # 0: none
         self.limiter = limiter or RateLimiter()
-        self.default_max_tokens = default_max_tokens  # what a request without max_tokens gets
+        # what a request without max_tokens may generate: the engine's generation-config
+        # cap, set once the engine is configured (server.app)
+        self.default_max_tokens = default_max_tokens
         self.max_num_seqs = 0  # known once the engine is configured
         self.in_flight = 0
         self.engine_waiting = 0
@@ -66,8 +68,7 @@ class Admission:
         return cls(settings.max_queued_requests, settings.max_queued_tokens,
                    settings.queue_timeout,
                    RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm,
-                               settings.rate_limit_store),
-                   settings.default_max_tokens)
+                               settings.rate_limit_store))
 
     def stat_logger_factory(self):
         """For `AsyncLLM(stat_loggers=[...])`: vLLM calls it as (vllm_config, engine_index)."""
@@ -191,6 +192,8 @@ class AdmittedEngine:
             except StopAsyncIteration:
                 return
             except TimeoutError:
+                if timeout is None:  # not ours: no deadline was set
+                    raise
                 metrics.QUEUE_TIMEOUTS.inc()
                 failure = QueueTimeout(
                     f"the engine had not started this request after {timeout:g} s "

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from vllm.config import get_current_vllm_config
 from vllm.forward_context import get_forward_context
+from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.linear import ColumnParallelLinear, RowParallelLinear
 from vllm.model_executor.layers.mamba.linear.base import LinearAttention
 from vllm.platforms import current_platform
@@ -50,7 +51,7 @@ class LightningAttention(LinearAttention):
                                                 prefix=f"{prefix}.output_gate")
         self.out_proj = RowParallelLinear(inner, self.hidden_size, bias=False,
                                           prefix=f"{prefix}.out_proj")
-        self.norm_weight = torch.nn.Parameter(torch.ones(inner))
+        self.norm = RMSNorm(inner, eps=1e-6)  # MiniMaxRMSNorm's default eps
         self.register_buffer("slopes", slope_rates(self.num_heads, self.layer_idx,
                                                    self.num_hidden_layers), persistent=False)
         context = get_current_vllm_config().compilation_config.static_forward_context
@@ -84,9 +85,7 @@ class LightningAttention(LinearAttention):
         qkv = F.silu(qkv).view(tokens, self.num_heads, 3 * self.head_dim)
         q, k, v = qkv.split(self.head_dim, dim=-1)
         hidden = self._attend(q.contiguous(), k.contiguous(), v.contiguous(), metadata)
-        hidden = hidden.reshape(tokens, self.hidden_inner_size)
-        variance = hidden.float().pow(2).mean(-1, keepdim=True)
-        hidden = self.norm_weight * (hidden.float() * torch.rsqrt(variance + 1e-6)).to(x.dtype)
+        hidden = self.norm(hidden.reshape(tokens, self.hidden_inner_size))
         gate, _ = self.output_gate(x)
         out, _ = self.out_proj(torch.sigmoid(gate) * hidden)
         output[:tokens] = out

@@ -183,8 +183,7 @@ class MiniMaxForCausalLM(nn.Module, HasInnerState, IsHybrid):
         """MiniMax's on-disk names: per-expert `block_sparse_moe.experts.E.w1/w3/w2`
         (gate, up, down) and `block_sparse_moe.gate`; q/k/v into the fused projection."""
         params = dict(self.named_parameters())
-        renames = {".self_attn.norm.weight": ".self_attn.norm_weight",
-                   ".block_sparse_moe.gate.weight": ".mlp.gate"}
+        renames = {".block_sparse_moe.gate.weight": ".mlp.gate"}
         shards = {".q_proj.": "q", ".k_proj.": "k", ".v_proj.": "v"}
         expert = re.compile(r"(.*)\.block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight$")
         loaded = set()
@@ -193,11 +192,11 @@ class MiniMaxForCausalLM(nn.Module, HasInnerState, IsHybrid):
                 name = name.replace(old, new)
             if match := expert.match(name):
                 layer, index, which = match[1], int(match[2]), match[3]
-                target = params[f"{layer}.mlp.{'down_proj' if which == 'w2' else 'gate_up_proj'}"]
-                rows = target.shape[1] // 2
+                name = f"{layer}.mlp.{'down_proj' if which == 'w2' else 'gate_up_proj'}"
+                rows = params[name].shape[1] // 2
                 part = {"w1": slice(0, rows), "w3": slice(rows, None), "w2": slice(None)}[which]
-                target.data[index, part].copy_(tensor)
-                loaded.add(f"{layer}.mlp.{'down_proj' if which == 'w2' else 'gate_up_proj'}")
+                params[name].data[index, part].copy_(tensor)
+                loaded.add(name)
                 continue
             shard = next((s for key, s in shards.items() if key in name), None)
             if shard is not None:
