@@ -2,8 +2,9 @@
 
 vLLM on CPU ignores `--attention-backend` and always asks the registry for `CPU_ATTN`
 (`platforms/cpu.py:get_attn_backend_cls`), so longserve takes over the platform
-kernel's slot with a subclass that delegates to it (policy-aware, with sparse prefill);
-on CUDA it takes the FLASH_ATTN slot the same way. Class paths are strings: nothing is imported until vLLM builds a layer.
+kernel's slot with a subclass that delegates to it (policy-aware, with sparse prefill and
+the shared-KV-head decode route); on CUDA it takes the FLASH_ATTN slot the same way.
+Class paths are strings: nothing is imported until vLLM builds a layer.
 """
 
 from __future__ import annotations

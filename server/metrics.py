@@ -155,11 +155,32 @@ class SparseAttentionCollector:
         return []
 
 
+class SharedKVDecodeCollector:
+    """Decode tokens attended by the shared-KV-head (MFA) route, from the workers."""
+
+    def collect(self):
+        import os
+
+        from attention_backends.mfa import STATS_FIELDS, STATS_KIND
+        from cache_policies import stats
+
+        path = os.environ.get(stats.ENV)
+        yield from _counter_families(
+            "longserve_mfa_decode_", "route",
+            {"tokens": "decode tokens attended by the shared-KV-head route (one read of K/V "
+                       "for all query heads), summed over layers"},
+            stats.read_workers(path, STATS_KIND, STATS_FIELDS) if path else {})
+
+    def describe(self):
+        return []
+
+
 def _register_kv_collector() -> None:
     from prometheus_client import REGISTRY
 
     REGISTRY.register(KVPolicyCollector())
     REGISTRY.register(SparseAttentionCollector())
+    REGISTRY.register(SharedKVDecodeCollector())
 
 
 _register_kv_collector()

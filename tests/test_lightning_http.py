@@ -1,15 +1,14 @@
 """A hybrid lightning/softmax model in Hugging Face's MiniMax format, built here with
-random weights (transformers' `MiniMaxForCausalLM`, saved as config + safetensors in the
-original MiniMax layout), served by `longserve serve --model DIR`, against a plain PyTorch
-forward of the same weights (transformers' own implementation).
+random weights (`loadtests.checkpoints.minimax`: transformers' `MiniMaxForCausalLM`,
+saved as config + safetensors in the original MiniMax layout), served by `longserve
+serve --model DIR`, against a plain PyTorch forward of the same weights (transformers' own
+implementation).
 
 Three lightning layers (block 32) and one softmax layer; prompts longer than a lightning
 block, sent as one batch of mixed lengths, with prefill chunked at 48 tokens so that
 chunks cut through lightning blocks and mix with other requests' decodes."""
 
 from __future__ import annotations
-
-import shutil
 
 import httpx
 import pytest
@@ -19,41 +18,15 @@ from tests.conftest import metric_value
 
 pytestmark = pytest.mark.engine
 
-LAYERS = ["linear_attention", "linear_attention", "linear_attention", "full_attention"]
 CHUNK = 48
-
-
-def build_checkpoint(out) -> None:
-    from transformers import MiniMaxConfig, MiniMaxForCausalLM
-
-    from server.model_store import prepare
-
-    for f in prepare()[0].iterdir():  # SmolLM2's tokenizer and chat template
-        if f.name.startswith("tokenizer") or f.name == "chat_template.jinja":
-            shutil.copy(f, out / f.name)
-    torch.manual_seed(0)
-    config = MiniMaxConfig(
-        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-        max_position_embeddings=4096, num_local_experts=4, num_experts_per_tok=2,
-        block_size=32, layer_types=LAYERS, bos_token_id=1, eos_token_id=2,
-        tie_word_embeddings=False, dtype="float32")
-    model = MiniMaxForCausalLM(config).eval()
-    with torch.no_grad():
-        for _, param in model.named_parameters():
-            if param.dim() >= 2:
-                param.normal_(0, 0.08)
-            else:
-                param.copy_(1 + 0.1 * torch.randn_like(param))  # norms: not all ones
-    model.save_pretrained(out, safe_serialization=True)
 
 
 @pytest.fixture(scope="module")
 def minimax(tmp_path_factory):
+    from loadtests.checkpoints import minimax as build
     from tests.conftest import longserve_eager
 
-    model_dir = tmp_path_factory.mktemp("minimax")
-    build_checkpoint(model_dir)
+    model_dir = build(tmp_path_factory.mktemp("minimax"))
     srv = longserve_eager(tmp_path_factory.mktemp("minimax-log") / "longserve.log",
                           "--model", str(model_dir), "--dtype", "float32",
                           "--max-num-batched-tokens", str(CHUNK), "--max-num-seqs", "4",

@@ -8,14 +8,44 @@ writer where each (token, dim) lands, once per layer type, and reads/writes thro
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
+from vllm import _custom_ops as ops
 from vllm.v1.attention.backends.cpu_attn import (
-    CPUAttentionBackend, CPUAttentionBackendImpl, CPUAttentionMetadataBuilder,
+    CPUAttentionBackend, CPUAttentionBackendImpl, CPUAttentionMetadata,
+    CPUAttentionMetadataBuilder,
 )
 
 from attention_backends.policy_aware.base import PolicyAwareBuilderMixin, PolicyAwareImplMixin
 
 _LAYOUTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def rows_metadata(md: CPUAttentionMetadata, rows: list[int], *, num_heads: int,
+                  num_kv_heads: int, head_dim: int, dtype: torch.dtype, isa: str,
+                  kv_cache_dtype: str) -> tuple[CPUAttentionMetadata, torch.Tensor]:
+    """The metadata of some of a batch's requests (`rows`, ascending) as the kernel would
+    see them alone, with the scheduler metadata built for them; and their tokens' indices
+    in the batch."""
+    index = torch.tensor(rows)
+    lengths = (md.query_start_loc[1:] - md.query_start_loc[:-1])[index]
+    starts = md.query_start_loc.tolist()
+    tokens = torch.cat([torch.arange(starts[r], starts[r + 1]) for r in rows])
+    query_start_loc = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(
+        md.query_start_loc.dtype)
+    seq_lens = md.seq_lens[index]
+    scheduler = ops.cpu_attn_get_scheduler_metadata(
+        num_reqs=len(rows), num_heads=num_heads, num_kv_heads=num_kv_heads,
+        head_dim=head_dim, seq_lens=seq_lens, dtype=dtype, query_start_loc=query_start_loc,
+        causal=True, sliding_window_size=-1, isa=isa, enable_kv_split=False,
+        kv_cache_dtype=kv_cache_dtype)
+    sub = dataclasses.replace(
+        md, num_actual_tokens=len(tokens), max_query_len=int(lengths.max()),
+        query_start_loc=query_start_loc, max_seq_len=int(seq_lens.max()), seq_lens=seq_lens,
+        block_table=md.block_table[index], slot_mapping=md.slot_mapping[tokens],
+        scheduler_metadata=scheduler)
+    return sub, tokens
 
 
 class PolicyAwareCPUImpl(PolicyAwareImplMixin, CPUAttentionBackendImpl):

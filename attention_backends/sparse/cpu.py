@@ -24,8 +24,9 @@ import torch
 from vllm import _custom_ops as ops
 from vllm.v1.attention.backend import AttentionType
 
+from attention_backends.mfa.cpu import SharedKVDecodeImpl
 from attention_backends.policy_aware.cpu import (
-    PolicyAwareCPUBackend, PolicyAwareCPUBuilder, PolicyAwareCPUImpl,
+    PolicyAwareCPUBackend, PolicyAwareCPUBuilder, rows_metadata,
 )
 from attention_backends.sparse.config import DEFAULT_ENV, SparseConfig
 from attention_backends.sparse.patterns import make_estimator
@@ -102,27 +103,12 @@ class SparseCPUBuilder(PolicyAwareCPUBuilder):
     def _dense_part(self, md, dense: list[int]):
         if not dense:
             return None, None
-        index = torch.tensor(dense)
-        lengths = (md.query_start_loc[1:] - md.query_start_loc[:-1])[index]
-        starts = md.query_start_loc.tolist()
-        tokens = torch.cat([torch.arange(starts[r], starts[r + 1]) for r in dense])
-        query_start_loc = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(
-            md.query_start_loc.dtype)
-        seq_lens = md.seq_lens[index]
-        scheduler = ops.cpu_attn_get_scheduler_metadata(
-            num_reqs=len(dense), num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
-            head_dim=self.head_dim, seq_lens=seq_lens, dtype=self.dtype,
-            query_start_loc=query_start_loc, causal=True, sliding_window_size=-1, isa=self.isa,
-            enable_kv_split=False, kv_cache_dtype=self.kv_cache_dtype)
-        sub = dataclasses.replace(
-            md, num_actual_tokens=len(tokens), max_query_len=int(lengths.max()),
-            query_start_loc=query_start_loc, max_seq_len=int(seq_lens.max()), seq_lens=seq_lens,
-            block_table=md.block_table[index], slot_mapping=md.slot_mapping[tokens],
-            scheduler_metadata=scheduler)
-        return sub, tokens
+        return rows_metadata(md, dense, num_heads=self.num_heads,
+                             num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
+                             dtype=self.dtype, isa=self.isa, kv_cache_dtype=self.kv_cache_dtype)
 
 
-class SparseCPUImpl(PolicyAwareCPUImpl):
+class SparseCPUImpl(SharedKVDecodeImpl):
     def attend(self, layer, query, key, value, kv_cache, attn_metadata, output,
                output_scale=None, output_block_scale=None):
         batch = getattr(attn_metadata, "sparse", None)

@@ -52,3 +52,21 @@ def test_bf16_cache():
         got = module.decode(q, kc, vc, tables, lens, 0.1)
         assert got.dtype == torch.bfloat16
         torch.testing.assert_close(got.float(), want.float(), atol=1e-2, rtol=1e-2)
+
+
+def test_cpu_keys_stored_dimension_major():
+    """vLLM's CPU cache stores each block's keys as (D, block_size)."""
+    q, kc, vc, tables, lens = paged([1, 16, 17, 100], heads=8)
+    want = naive.decode(q, kc, vc, tables, lens, 0.3)
+    transposed = kc.permute(0, 2, 3, 1).contiguous()  # (blocks, 1, D, block)
+    got = cpu.decode(q, transposed, vc, tables, lens, 0.3, keys_transposed=True)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_cpu_groups_requests_by_size(monkeypatch):
+    """Requests split over several gathered groups (longest first) give the same result."""
+    q, kc, vc, tables, lens = paged([100, 3, 64, 17, 40], heads=4)
+    want = naive.decode(q, kc, vc, tables, lens, 0.3)
+    monkeypatch.setattr(cpu, "GROUP_ELEMENTS", 2 * 64 * 32)  # 1 row of 100, then 2 of 64
+    torch.testing.assert_close(cpu.decode(q, kc, vc, tables, lens, 0.3), want,
+                               atol=1e-5, rtol=1e-4)

@@ -3,7 +3,6 @@ block, the best blocks attended (MInference's block-sparse pattern, arXiv:2407.0
 
 from __future__ import annotations
 
-import torch
 
 from attention_backends.sparse.patterns.base import PatternEstimator, expand_heads, pool
 
