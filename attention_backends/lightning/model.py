@@ -1,6 +1,7 @@
 """`MiniMaxForCausalLM` for vLLM: Hugging Face's MiniMax format (config `model_type:
-minimax`, `layer_types` of `linear_attention` / `full_attention`), served by
-`longserve serve --model DIR`; the plugin registers it under that architecture name.
+minimax`, `layer_types` of `linear_attention` / `full_attention`, or MiniMax's original
+`attn_type_list` and `layernorm_*_alpha/beta` names), served by `longserve serve --model
+DIR`; the plugin registers it under that architecture name.
 
 Layers: RMSNorm, then lightning attention (attention_backends.lightning.layer) or softmax
 attention with RoPE (vLLM's `Attention`: the platform backend and the paged KV cache),
@@ -37,6 +38,27 @@ from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
 from vllm.model_executor.models.utils import maybe_prefix
 
 from attention_backends.lightning.layer import LightningAttention
+
+
+def layer_kinds(config) -> list[str]:
+    """`linear_attention` / `full_attention` per layer. MiniMax's original configs give
+    `attn_type_list` (0 lightning, 1 softmax); transformers then fills `layer_types` with
+    its own alternating default, so the list wins when present."""
+    types = getattr(config, "attn_type_list", None)
+    if types:
+        return ["full_attention" if int(t) == 1 else "linear_attention" for t in types]
+    return list(config.layer_types)
+
+
+def residual_factors(config, kind: str) -> tuple[float, float]:
+    """(alpha, beta) of a residual branch (`linear_attn`, `full_attn` or `mlp`) under
+    MiniMax's original names (`layernorm_*_alpha/beta`) when the config has them (they
+    arrive as extra attributes beside transformers' defaults of 1), else transformers'."""
+    original = {"linear_attn": "linear_attention", "full_attn": "full_attention",
+                "mlp": "mlp"}[kind]
+    return tuple(getattr(config, f"layernorm_{original}_{x}",
+                         getattr(config, f"{kind}_{x}_factor", 1))
+                 for x in ("alpha", "beta"))
 
 
 def _head_dim(config) -> int:
@@ -98,11 +120,10 @@ class Experts(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, config, vllm_config: VllmConfig, index: int, prefix: str) -> None:
         super().__init__()
-        self.linear = config.layer_types[index] == "linear_attention"
-        kind = "linear_attn" if self.linear else "full_attn"
-        self.attn_alpha = getattr(config, f"{kind}_alpha_factor", 1)
-        self.attn_beta = getattr(config, f"{kind}_beta_factor", 1)
-        self.mlp_alpha, self.mlp_beta = config.mlp_alpha_factor, config.mlp_beta_factor
+        self.linear = layer_kinds(config)[index] == "linear_attention"
+        self.attn_alpha, self.attn_beta = residual_factors(
+            config, "linear_attn" if self.linear else "full_attn")
+        self.mlp_alpha, self.mlp_beta = residual_factors(config, "mlp")
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         attn_prefix = f"{prefix}.self_attn"

@@ -127,3 +127,21 @@ def test_layer_decay_rates_are_hugging_faces():
     for layer in range(5):
         theirs = MiniMaxLightningAttention(config, layer).slope_rate.flatten()
         torch.testing.assert_close(slope_rates(6, layer, 5), theirs.float())
+
+
+def test_minimax_original_config_names():
+    """MiniMax-Text-01's own config names win over transformers' defaults."""
+    from transformers import MiniMaxConfig
+
+    from attention_backends.lightning.model import layer_kinds, residual_factors
+
+    original = MiniMaxConfig(num_hidden_layers=4, attn_type_list=[0, 0, 0, 1],
+                             layernorm_full_attention_alpha=3.5, layernorm_mlp_beta=0.5)
+    assert layer_kinds(original) == ["linear_attention"] * 3 + ["full_attention"]
+    assert residual_factors(original, "full_attn") == (3.5, 1)
+    assert residual_factors(original, "mlp") == (1, 0.5)
+    converted = MiniMaxConfig(num_hidden_layers=2, layer_types=["full_attention",
+                                                                "linear_attention"],
+                              linear_attn_beta_factor=2.0)
+    assert layer_kinds(converted) == ["full_attention", "linear_attention"]
+    assert residual_factors(converted, "linear_attn") == (1, 2.0)
