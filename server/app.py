@@ -39,6 +39,8 @@ async def _start_engine(app: FastAPI) -> None:
         model, name = await asyncio.to_thread(wiring.resolve_model, state.settings)
         state.vllm_args = wiring.vllm_namespace(state.settings, model, name, state.vllm_extra)
         wiring.export_policy_env(state.settings)
+        if state.settings.afd_role == "attention":
+            state.afd = wiring.start_afd(state.settings)
         # AsyncLLM's constructor blocks until the engine core is up; in a thread, so this
         # process keeps answering /health and /ready meanwhile.
         state.engine = await asyncio.to_thread(
@@ -121,6 +123,7 @@ def build_app(settings: Settings, vllm_extra: list[str] | None = None) -> FastAP
     app.state.settings = settings
     app.state.vllm_extra = vllm_extra or []
     app.state.engine = None
+    app.state.afd = None  # the AFD monitor, on an attention server
     app.state.serving = None
     app.state.exit_code = 0
     app.state.admission = Admission.from_settings(settings)

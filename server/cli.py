@@ -1,4 +1,5 @@
-"""`longserve` command line: `serve`, `models prepare`, `bench`."""
+"""`longserve` command line: `serve`, `afd-ffn`, `models prepare`, `bench`, `train`,
+`health`."""
 
 from __future__ import annotations
 
@@ -71,6 +72,15 @@ def _serve_parser(sub) -> None:
         help="most document tokens one request may bring (default 262144)")
     add("--rag-projection", help="directory written by `longserve train refrag`: serves "
         "rag mode `refrag` (left-out chunks as embedding rows via vLLM's prompt embeddings)")
+    add("--afd-role", help="attention: run every layer's FFN on `longserve afd-ffn` "
+        "workers (attention-FFN disaggregation; default none)")
+    add("--afd-port", type=int, help="port the FFN workers connect to (default 29600)")
+    add("--afd-ffn-workers", type=int, help="FFN workers, each holding a shard of every "
+        "layer's FFN (default 1)")
+    add("--afd-micro-batches", type=int, help="micro-batches per layer in flight to the "
+        "workers (default 2)")
+    add("--afd-timeout", type=float, help="seconds an FFN call, or a restarted worker's "
+        "rejoin, may take before requests fail (default 10)")
     add("--drain-seconds", type=float, help="on SIGTERM, how long requests in flight may "
         "run before the server stops (default 120; new requests get 503 meanwhile)")
     add("--log-level", help="debug, info, warning, error (default info)")
@@ -146,6 +156,50 @@ def _health(args: argparse.Namespace) -> int:
         return 1
 
 
+def _afd_ffn_parser(sub) -> None:
+    p = sub.add_parser("afd-ffn", help="run an attention-FFN disaggregation FFN worker",
+                       description="Hold shard --shard of --shards of every layer's FFN of "
+                       "--model and serve it to the attention servers given (each started "
+                       "with `longserve serve --afd-role attention`). Reconnects whenever a "
+                       "server restarts; a restarted worker rejoins running servers.")
+    p.add_argument("--attention", required=True,
+                   help="attention servers' AFD addresses, HOST:PORT[,HOST:PORT...]")
+    p.add_argument("--model", help="the attention servers' model directory (default: the "
+                   "embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--shard", type=int, default=0)
+    p.add_argument("--shards", type=int, default=1)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"],
+                   help="the attention servers' dtype (default bfloat16)")
+    p.add_argument("--device", default="cuda" if _has_cuda() else "cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _afd_ffn(args: argparse.Namespace) -> int:
+    from server.afd import ffn_worker
+    from server.model_store import prepare
+
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model = Path(args.model) if args.model else prepare()[0]
+    try:
+        return ffn_worker.run(model, [a.strip() for a in args.attention.split(",")],
+                              args.shard, args.shards, args.dtype, args.device)
+    except ValueError as exc:
+        print(f"longserve afd-ffn: {exc}", file=sys.stderr)
+        return 2
+
+
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train what longserve learns (`refrag`: the RAG chunk "
                        "projection served with --rag-projection)")
@@ -186,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bench", help="quality and load benchmarks (`longserve bench -h`)",
                    add_help=False)
     _train_parser(sub)
+    _afd_ffn_parser(sub)
     health = sub.add_parser("health", help="exit 0 if the server on this host is alive "
                             "(--ready: loaded and serving); for container health checks")
     health.add_argument("--ready", action="store_true", help="ask /ready instead of /health")
@@ -208,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         return train(args)
     if args.command == "health":
         return _health(args)
+    if args.command == "afd-ffn":
+        return _afd_ffn(args)
     return _models(args)
 
 

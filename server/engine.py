@@ -66,6 +66,9 @@ def vllm_namespace(settings: Settings, model: str, name: str, extra: list[str]) 
         if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             logger.warning("VLLM_CPU_KVCACHE_SPACE is set and overrides --kv-cache-memory")
         argv += ["--kv-cache-memory-bytes", str(kv_bytes)]
+    if settings.afd_role == "attention":  # Python calls to the workers in every layer
+        argv += ["--enforce-eager", "--hf-overrides",
+                 json.dumps({"architectures": [afd_architecture(model)]})]
     args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv + extra)
     # a request without max_tokens stops here, not at the end of the context: vLLM caps its
     # default with the generation config's max_new_tokens (a user's own override wins)
@@ -83,6 +86,32 @@ def vllm_namespace(settings: Settings, model: str, name: str, extra: list[str]) 
             raise ValueError("--attention sparse needs the KV cache in the model's dtype, not "
                              f"--kv-cache-dtype {args.kv_cache_dtype}")
     return args
+
+
+def afd_architecture(model: str) -> str:
+    """The AFD attention-side architecture for a model directory's own, or a ValueError
+    naming what AFD serves. (Before the model is resolved, `model` is a placeholder.)"""
+    from server.afd.model import ARCHITECTURES
+
+    config = Path(model) / "config.json"
+    if not config.is_file():
+        return next(iter(ARCHITECTURES.values()))
+    own = (json.loads(config.read_text()).get("architectures") or ["?"])[0]
+    if own not in ARCHITECTURES:
+        raise ValueError(f"--afd-role attention serves {', '.join(ARCHITECTURES)} models, "
+                         f"not {own}")
+    return ARCHITECTURES[own]
+
+
+def start_afd(settings: Settings):
+    """Host the store AFD workers join and tell the engine's worker how to reach them."""
+    from server.afd.model import ENV
+    from server.afd.monitor import AFDMonitor
+
+    monitor = AFDMonitor(settings.afd_port, settings.afd_ffn_workers,
+                         settings.afd_micro_batches, settings.afd_timeout)
+    os.environ[ENV] = monitor.engine_env()
+    return monitor
 
 
 def export_policy_env(settings: Settings) -> None:

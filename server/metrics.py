@@ -175,12 +175,35 @@ class SharedKVDecodeCollector:
         return []
 
 
+class AFDCollector:
+    """Attention-FFN traffic, from the attention server's engine worker."""
+
+    def collect(self):
+        import os
+
+        from cache_policies import stats
+        from server.afd import STATS_FIELDS, STATS_KIND
+
+        path = os.environ.get(stats.ENV)
+        yield from _counter_families(
+            "longserve_afd_", "direction",
+            {"exchanges": "layer FFN calls to the FFN workers",
+             "tokens": "tokens carried by those calls, summed over layers",
+             "bytes": "bytes of hidden states moved (to_ffn: to every FFN shard; from_ffn: "
+                      "their outputs)"},
+            stats.read_workers(path, STATS_KIND, STATS_FIELDS) if path else {})
+
+    def describe(self):
+        return []
+
+
 def _register_kv_collector() -> None:
     from prometheus_client import REGISTRY
 
     REGISTRY.register(KVPolicyCollector())
     REGISTRY.register(SparseAttentionCollector())
     REGISTRY.register(SharedKVDecodeCollector())
+    REGISTRY.register(AFDCollector())
 
 
 _register_kv_collector()

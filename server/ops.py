@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 from cache_policies.registry import policy_names
 from server.context.registry import strategy_names
 from server.engine import deployment_attention
-from server.state import Phase, serving_or_503
+from server.state import Phase, afd_problem, serving_or_503
 
 router = APIRouter()
 
@@ -25,6 +25,8 @@ async def health(request: Request):
 async def ready(request: Request):
     """200 only when the engine is loaded and accepting requests."""
     phase = request.app.state.phase
+    if phase is Phase.READY and (problem := afd_problem(request.app.state)) is not None:
+        return JSONResponse({"status": "ffn-unavailable", "detail": problem}, status_code=503)
     return JSONResponse(
         {"status": phase.value}, status_code=200 if phase is Phase.READY else 503)
 

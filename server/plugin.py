@@ -16,3 +16,6 @@ def register() -> None:
     # Hugging Face's MiniMax format (lightning + softmax layers); vLLM dropped its own
     ModelRegistry.register_model("MiniMaxForCausalLM",
                                  "attention_backends.lightning.model:MiniMaxForCausalLM")
+    # attention-FFN disaggregation: the attention side of a served architecture
+    ModelRegistry.register_model("LongserveAFDLlamaForCausalLM",
+                                 "server.afd.model:AFDLlamaForCausalLM")

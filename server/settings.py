@@ -94,6 +94,17 @@ class Settings(BaseSettings):
         None, description="directory of a chunk projection trained by `longserve train "
         "refrag`: enables `rag.mode = refrag` (chunks as embedding rows, through vLLM's "
         "prompt embeddings)")
+    afd_role: Literal["none", "attention"] = Field(
+        "none", description="attention: run the engine with every layer's FFN on remote "
+        "`longserve afd-ffn` workers (attention-FFN disaggregation)")
+    afd_port: int = Field(29600, ge=1, le=65535, description="port of the store AFD workers "
+                          "connect to (hosted by the attention server)")
+    afd_ffn_workers: int = Field(1, ge=1, le=64, description="FFN workers (shards of every "
+                                 "layer's FFN) the attention server expects")
+    afd_micro_batches: int = Field(2, ge=1, le=16, description="micro-batches per layer in "
+                                   "flight to the FFN workers at once")
+    afd_timeout: float = Field(10.0, gt=0, description="seconds an FFN exchange (or a "
+                               "restarted worker's rejoin) may take before requests fail")
     drain_seconds: float = Field(
         120, ge=0, description="on SIGTERM, how long requests in flight may run before the "
         "server stops; new requests get 503 meanwhile")

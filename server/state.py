@@ -20,10 +20,18 @@ def set_phase(state, phase: Phase) -> None:
     metrics.READY.set(1 if phase is Phase.READY else 0)
 
 
+def afd_problem(state) -> str | None:
+    """On an AFD attention server: why the FFN workers cannot serve now, else None."""
+    monitor = getattr(state, "afd", None)
+    return None if monitor is None else monitor.problem()
+
+
 def serving_or_503(state):
     """The serving objects, or a 503 (with Retry-After while loading) saying why not."""
     phase = state.phase
     if phase is Phase.READY:
+        if (problem := afd_problem(state)) is not None:
+            raise ServiceUnavailable(f"{problem}; retry shortly", headers={"Retry-After": "2"})
         return state.serving
     if phase is Phase.LOADING:
         raise ServiceUnavailable(

@@ -152,3 +152,45 @@ def test_the_schema_names_what_the_server_registers():
     assert schema["properties"]["contextStrategy"]["enum"] == strategy_names()
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert set(values["server"]) == set(schema["properties"])
+
+
+AFD = ["--set", "afd.enabled=true", "--set", "replicaCount=2", "--set", "afd.ffnWorkers=2"]
+
+
+def test_afd_renders_both_roles(monkeypatch):
+    import kubernetes_validate
+
+    from server.settings import Settings
+
+    docs = render(*AFD)
+    for doc in docs.values():
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    attention, ffn = docs["StatefulSet/rel-longserve"], docs["StatefulSet/rel-longserve-ffn"]
+    headless = docs["Service/rel-longserve-afd"]
+    assert attention["spec"]["serviceName"] == ffn["spec"]["serviceName"] == "rel-longserve-afd"
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"].items() <= \
+        attention["spec"]["template"]["metadata"]["labels"].items()
+    assert not headless["spec"]["selector"].items() <= \
+        ffn["spec"]["template"]["metadata"]["labels"].items()
+    assert ffn["spec"]["replicas"] == 2 and attention["spec"]["replicas"] == 2
+    port = {p["name"]: p["containerPort"]
+            for p in attention["spec"]["template"]["spec"]["containers"][0]["ports"]}["afd"]
+    command = ffn["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    assert ("--attention rel-longserve-0.rel-longserve-afd:29600,"
+            "rel-longserve-1.rel-longserve-afd:29600") in command and port == 29600
+    assert '--shard "${HOSTNAME##*-}"' in command and "--shards 2" in command
+    assert "--device cuda" in command
+    for name, value in docs["ConfigMap/rel-longserve"]["data"].items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert (settings.afd_role, settings.afd_ffn_workers, settings.afd_port) == \
+        ("attention", 2, 29600)
+    assert "Deployment/rel-longserve" not in docs and "--device cpu" in render(
+        *AFD, "--set", "afd.ffn.gpu=0")["StatefulSet/rel-longserve-ffn"]["spec"]["template"][
+            "spec"]["containers"][0]["args"][0]
+
+
+def test_afd_refuses_autoscaling():
+    proc = helm("template", "rel", str(CHART), *AFD, "--set", "autoscaling.enabled=true")
+    assert proc.returncode != 0 and "autoscaling" in proc.stderr

@@ -1,0 +1,110 @@
+"""Attention-FFN disaggregation against the monolithic server, on this machine: TPOT and
+decode throughput, and the bytes moved per token per layer (read back from the attention
+server's `longserve_afd_*` counters).
+
+Each configuration is served alone (one after the other, same flags, same prompts): the
+monolithic `longserve serve`, then `--afd-role attention` with one `longserve afd-ffn`
+worker (1:1) at each micro-batch count asked for. On one host the worker and the engine
+share the CPU cores, so this measures the cost of the split (transfers, serialisation,
+the extra process), not the gain of giving FFN and attention their own hardware.
+
+    python -m loadtests.afd --batch 4 --tokens 64 --micro-batches 1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from loadtests.decode_cost import one
+from loadtests.prom import value
+from loadtests.servers import BIN, free_port, longserve
+
+
+async def workload(url: str, batch: int, tokens: int, prompt_tokens: int,
+                   repeat: int) -> dict:
+    import random
+
+    rng = random.Random(0)
+    prompts = [[rng.randrange(3, 49000) for _ in range(prompt_tokens)] for _ in range(batch)]
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        await one(http, prompts[0], 4)  # warm-up
+        tpots, walls = [], []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            tpots += await asyncio.gather(*(one(http, p, tokens) for p in prompts))
+            walls.append(time.perf_counter() - start)
+    return {"tpot": statistics.median(tpots),
+            "throughput": batch * tokens / statistics.median(walls)}
+
+
+def run_config(label: str, args, workdir: Path, afd_micro_batches: int | None) -> dict:
+    flags = ["--dtype", args.dtype, "--enforce-eager", "--max-num-seqs", str(args.batch),
+             "--kv-cache-memory", "1GiB"]
+    worker = None
+    if afd_micro_batches is not None:
+        port = free_port()
+        flags += ["--afd-role", "attention", "--afd-port", str(port),
+                  "--afd-micro-batches", str(afd_micro_batches)]
+        log = (workdir / f"{label}-ffn.log").open("w")
+        worker = subprocess.Popen(
+            [str(BIN / "longserve"), "afd-ffn", "--attention", f"127.0.0.1:{port}",
+             "--dtype", args.dtype, "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT)
+    server = longserve(workdir / f"{label}.log", *flags).start()
+    try:
+        server.wait_ready()
+        result = asyncio.run(workload(server.url, args.batch, args.tokens, args.prompt_tokens,
+                                      args.repeat))
+        text = httpx.get(server.url + "/metrics").text
+        tokens = value(text, "longserve_afd_tokens_total", direction="to_ffn")
+        if tokens:
+            result["bytes_per_token_layer"] = (
+                value(text, "longserve_afd_bytes_total", direction="to_ffn") / tokens)
+        print(f"{label}: TPOT {result['tpot'] * 1e3:.2f} ms, "
+              f"{result['throughput']:.1f} tokens/s", flush=True)
+        return result
+    finally:
+        server.stop()
+        if worker is not None:
+            worker.terminate()
+            worker.wait(30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtests.afd", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--prompt-tokens", type=int, default=256)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--micro-batches", default="1,2")
+    p.add_argument("--dtype", default="bfloat16")
+    args = p.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="afd-bench-"))
+    runs = {"monolithic": run_config("monolithic", args, workdir, None)}
+    for k in (int(x) for x in args.micro_batches.split(",")):
+        runs[f"afd 1:1, {k} micro-batch{'es' if k > 1 else ''}"] = run_config(
+            f"afd-mb{k}", args, workdir, k)
+    base = runs["monolithic"]
+    print(f"\nbatch {args.batch}, prompt {args.prompt_tokens}, {args.tokens} tokens, "
+          f"{args.dtype}, median of {args.repeat} rounds")
+    print("| configuration | TPOT ms | tokens/s | TPOT vs monolithic | throughput vs "
+          "monolithic | bytes per token per layer, each way |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, r in runs.items():
+        moved = r.get("bytes_per_token_layer")
+        print(f"| {name} | {r['tpot'] * 1e3:.2f} | {r['throughput']:.1f} | "
+              f"{r['tpot'] / base['tpot']:.2f}x | {r['throughput'] / base['throughput']:.2f}x "
+              f"| {f'{moved:.0f}' if moved else '-'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,40 @@
+"""The attention server's side of AFD outside the engine: it hosts the store the FFN
+workers and the engine's worker meet in, and reads the workers' heartbeats, so /ready
+and new requests see a missing worker at once (not after a request's timeout)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from server.afd import transport
+from server.afd.ffn_worker import HEARTBEAT_S
+
+SILENT_AFTER_S = 6 * HEARTBEAT_S
+
+
+class AFDMonitor:
+    def __init__(self, port: int, shards: int, micro_batches: int, timeout: float) -> None:
+        self.port, self.shards = port, shards
+        self.micro_batches, self.timeout = micro_batches, timeout
+        self.store = transport.connect_store(f"0.0.0.0:{port}", timeout=timeout, master=True)
+        started = time.monotonic()
+        self._beats = {shard: (-1, started) for shard in range(shards)}
+
+    def engine_env(self) -> str:
+        """What the engine's worker needs to reach the workers (`server.afd.model.ENV`)."""
+        return json.dumps({"store": f"127.0.0.1:{self.port}", "shards": self.shards,
+                           "micro_batches": self.micro_batches, "timeout": self.timeout})
+
+    def problem(self) -> str | None:
+        """None when every FFN shard's worker sent a heartbeat lately, else what is wrong."""
+        now = time.monotonic()
+        for shard, (count, seen) in self._beats.items():
+            current = self.store.add(transport.key(shard, "alive"), 0)
+            if current != count:
+                self._beats[shard] = (current, now)
+            elif now - seen > SILENT_AFTER_S:
+                state = "has not connected" if count <= 0 else \
+                    f"has been silent for {now - seen:.0f}s"
+                return f"the FFN worker for shard {shard}/{self.shards} {state}"
+        return None
