@@ -9,6 +9,12 @@ share the CPU cores, so this measures the cost of the split (transfers, serialis
 the extra process), not the gain of giving FFN and attention their own hardware.
 
     python -m loadtests.afd --batch 4 --tokens 64 --micro-batches 1,2
+    python -m loadtests.afd --transport      # the link alone: round trip by message size
+
+`--transport` times `server.afd.transport.Link` itself between two local processes (no
+model): the round trip of a header and a (tokens x hidden) message answered with the same
+size, by size, from which the per-message latency and the bandwidth of the performance
+model in BENCHMARKS.md come.
 """
 
 from __future__ import annotations
@@ -77,6 +83,58 @@ def run_config(label: str, args, workdir: Path, afd_micro_batches: int | None) -
             worker.wait(30)
 
 
+def _echo(port: int, hidden: int) -> None:
+    """The far end of `transport_round_trips`: answers every message with one as big."""
+    import torch
+
+    from server.afd import transport
+    from server.afd.transport import IDLE, TAG_DATA, TAG_HEADER, TAG_OUT, Link
+
+    store = transport.connect_store(f"127.0.0.1:{port}", timeout=30)
+    link = Link.join(store, 0, 1, rank=1, device=torch.device("cpu"), timeout=IDLE)
+    while True:
+        header, work = link.receive((3,), torch.int64, TAG_HEADER)
+        Link.wait([work])
+        if header[0] < 0:
+            return
+        x, work = link.receive((int(header[1]), hidden), torch.bfloat16, TAG_DATA)
+        Link.wait([work])
+        Link.wait(link.post([x], TAG_OUT))
+
+
+def transport_round_trips(hidden: int, sizes: list[int], repeat: int) -> list[tuple]:
+    import datetime
+    import multiprocessing
+
+    import torch
+
+    from server.afd import transport
+    from server.afd.transport import TAG_DATA, TAG_HEADER, TAG_OUT, Link
+
+    port = free_port()
+    store = transport.connect_store(f"127.0.0.1:{port}", timeout=30, master=True)
+    store.add(transport.key(0, "generation"), 1)
+    far = multiprocessing.get_context("spawn").Process(target=_echo, args=(port, hidden))
+    far.start()
+    link = Link.join(store, 0, 1, rank=0, device=torch.device("cpu"),
+                     timeout=datetime.timedelta(seconds=30))
+    rows = []
+    for tokens in sizes:
+        x = torch.randn(tokens, hidden).to(torch.bfloat16)
+        header = torch.tensor([0, tokens, 0])
+        samples = []
+        for _ in range(repeat + 1):
+            start = time.perf_counter()
+            sends = link.post([header], TAG_HEADER) + link.post([x], TAG_DATA)
+            _, work = link.receive(x.shape, x.dtype, TAG_OUT)
+            Link.wait(sends + [work])
+            samples.append(time.perf_counter() - start)
+        rows.append((tokens, tokens * hidden * 2, statistics.median(samples[1:])))
+    Link.wait(link.post([torch.tensor([-1, 0, 0])], TAG_HEADER))
+    far.join(30)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtests.afd", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,7 +144,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--micro-batches", default="1,2")
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--transport", action="store_true", help="time the link alone")
+    p.add_argument("--hidden", type=int, default=576, help="--transport: hidden size "
+                   "(default: SmolLM2-135M's)")
     args = p.parse_args(argv)
+    if args.transport:
+        rows = transport_round_trips(args.hidden, [1, 4, 16, 64, 256, 1024, 4096], 200)
+        print(f"link round trip (header + message there, message back), hidden "
+              f"{args.hidden}, bf16, gloo on loopback, median of 200")
+        print("| tokens | bytes each way | round trip us | GB/s (both ways) |")
+        print("| ---: | ---: | ---: | ---: |")
+        for tokens, size, rt in rows:
+            print(f"| {tokens} | {size:,} | {rt * 1e6:.0f} | {2 * size / rt / 1e9:.2f} |")
+        return 0
     workdir = Path(tempfile.mkdtemp(prefix="afd-bench-"))
     runs = {"monolithic": run_config("monolithic", args, workdir, None)}
     for k in (int(x) for x in args.micro_batches.split(",")):

@@ -5,6 +5,7 @@ and new requests see a missing worker at once (not after a request's timeout).""
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 from server.afd import transport
@@ -19,7 +20,19 @@ class AFDMonitor:
         self.micro_batches, self.timeout = micro_batches, timeout
         self.store = transport.connect_store(f"0.0.0.0:{port}", timeout=timeout, master=True)
         started = time.monotonic()
-        self._beats = {shard: (-1, started) for shard in range(shards)}
+        self._beats = {shard: (-1, started) for shard in range(shards)}  # count, when it moved
+        self._reader = transport.connect_store(f"127.0.0.1:{port}", timeout=timeout)
+        threading.Thread(target=self._watch, daemon=True, name="afd-heartbeats").start()
+
+    def _watch(self) -> None:
+        """Follow every shard's heartbeat counter, whether or not anyone asks."""
+        while True:
+            now = time.monotonic()
+            for shard, (count, _) in list(self._beats.items()):
+                current = self._reader.add(transport.key(shard, "alive"), 0)
+                if current != count:
+                    self._beats[shard] = (current, now)
+            time.sleep(HEARTBEAT_S / 2)
 
     def engine_env(self) -> str:
         """What the engine's worker needs to reach the workers (`server.afd.model.ENV`)."""
@@ -29,11 +42,8 @@ class AFDMonitor:
     def problem(self) -> str | None:
         """None when every FFN shard's worker sent a heartbeat lately, else what is wrong."""
         now = time.monotonic()
-        for shard, (count, seen) in self._beats.items():
-            current = self.store.add(transport.key(shard, "alive"), 0)
-            if current != count:
-                self._beats[shard] = (current, now)
-            elif now - seen > SILENT_AFTER_S:
+        for shard, (count, seen) in sorted(self._beats.items()):
+            if now - seen > SILENT_AFTER_S:
                 state = "has not connected" if count <= 0 else \
                     f"has been silent for {now - seen:.0f}s"
                 return f"the FFN worker for shard {shard}/{self.shards} {state}"

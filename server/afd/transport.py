@@ -15,6 +15,7 @@ rejoins a running server without restarting it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from server.afd import STORE_PREFIX
 
 TAG_HEADER, TAG_DATA, TAG_OUT = 1, 2, 3
 IDLE = datetime.timedelta(days=365)  # a worker waits for work as long as it takes
+STORE_OPS = datetime.timedelta(seconds=60)  # one store operation (a key not there yet)
 
 
 class LinkError(RuntimeError):
@@ -41,14 +43,13 @@ def parse_address(text: str) -> tuple[str, int]:
 
 def connect_store(address: str, timeout: float, master: bool = False) -> dist.TCPStore:
     """A client of the attention server's store (or the store itself, `master`), retrying
-    until `timeout` while the server is not up yet."""
+    for `timeout` seconds (may be infinite) while the server is not up yet."""
     host, port = parse_address(address)
     deadline = time.monotonic() + timeout
     while True:
         try:
             return dist.TCPStore(host, port, is_master=master, wait_for_workers=False,
-                                 timeout=datetime.timedelta(seconds=max(timeout, 1)),
-                                 use_libuv=True)
+                                 timeout=STORE_OPS, use_libuv=True)
         except (RuntimeError, OSError) as exc:  # refused: not listening yet
             if master or time.monotonic() > deadline:
                 raise LinkError(f"AFD store {address} unreachable: {exc}") from exc
@@ -89,19 +90,30 @@ class Link:
         return 1 - self.rank
 
     def post(self, tensors: list[torch.Tensor], tag: int) -> list:
-        return [self.group.send([t], self.peer, tag) for t in tensors]
+        with _as_link_error():
+            return [self.group.send([t], self.peer, tag) for t in tensors]
 
     def receive(self, shape, dtype, tag: int) -> tuple[torch.Tensor, object]:
         out = torch.empty(shape, dtype=dtype, device=self.device)
-        return out, self.group.recv([out], self.peer, tag)
+        with _as_link_error():
+            return out, self.group.recv([out], self.peer, tag)
 
     @staticmethod
     def wait(works: list, timeout: datetime.timedelta | None = None) -> None:
-        try:
+        with _as_link_error():
             for work in works:
                 if timeout is None:
                     work.wait()
                 else:
                     work.wait(timeout)
-        except RuntimeError as exc:
-            raise LinkError(str(exc).splitlines()[0][:300]) from exc
+
+
+@contextlib.contextmanager
+def _as_link_error():
+    """The process group's errors (peer gone, deadline passed) as a LinkError."""
+    try:
+        yield
+    except LinkError:
+        raise
+    except RuntimeError as exc:
+        raise LinkError(str(exc).splitlines()[0][:300]) from exc
