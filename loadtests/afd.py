@@ -54,16 +54,21 @@ async def workload(url: str, batch: int, tokens: int, prompt_tokens: int,
 def run_config(label: str, args, workdir: Path, afd_micro_batches: int | None) -> dict:
     flags = ["--dtype", args.dtype, "--enforce-eager", "--max-num-seqs", str(args.batch),
              "--kv-cache-memory", "1GiB"]
-    worker = None
+    worker, env = None, {}
     if afd_micro_batches is not None:
         port = free_port()
         flags += ["--afd-role", "attention", "--afd-port", str(port),
                   "--afd-micro-batches", str(afd_micro_batches)]
         log = (workdir / f"{label}-ffn.log").open("w")
+        pin = ["taskset", "-c", args.ffn_cores] if args.ffn_cores else []
+        if args.engine_cores:  # vLLM's CPU worker binds its OpenMP threads to these
+            env["VLLM_CPU_OMP_THREADS_BIND"] = args.engine_cores
         worker = subprocess.Popen(
-            [str(BIN / "longserve"), "afd-ffn", "--attention", f"127.0.0.1:{port}",
-             "--dtype", args.dtype, "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT)
-    server = longserve(workdir / f"{label}.log", *flags).start()
+            [*pin, str(BIN / "longserve"), "afd-ffn", "--attention", f"127.0.0.1:{port}",
+             "--dtype", args.dtype, "--device", "cpu",
+             *(["--threads", str(args.ffn_threads)] if args.ffn_threads else [])],
+            stdout=log, stderr=subprocess.STDOUT)
+    server = longserve(workdir / f"{label}.log", *flags, env=env).start()
     try:
         server.wait_ready()
         result = asyncio.run(workload(server.url, args.batch, args.tokens, args.prompt_tokens,
@@ -144,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--micro-batches", default="1,2")
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--ffn-threads", type=int, default=None,
+                   help="torch threads of the FFN worker (default: torch's)")
+    p.add_argument("--engine-cores", default=None, help="AFD runs: the attention engine's "
+                   "cores (VLLM_CPU_OMP_THREADS_BIND, e.g. 0)")
+    p.add_argument("--ffn-cores", default=None, help="AFD runs: the FFN worker's cores "
+                   "(taskset -c, e.g. 1)")
     p.add_argument("--transport", action="store_true", help="time the link alone")
     p.add_argument("--hidden", type=int, default=576, help="--transport: hidden size "
                    "(default: SmolLM2-135M's)")
