@@ -93,3 +93,17 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     from loadtests.prom import value
 
     return value(text, name, **labels)
+
+
+def assert_chat_streams(server) -> None:
+    """A 6-token streamed chat through the official client, usage included: the served
+    model works end to end through the chat template and the OpenAI route."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    model = client.models.list().data[0].id
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "word " * 60}], max_tokens=6,
+        temperature=0, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[-1].usage.completion_tokens == 6 and chunks[-1].usage.prompt_tokens > 60

@@ -70,13 +70,6 @@ def test_served_tokens_and_logprobs_match_the_pytorch_forward(step3):
 
 
 def test_chat_streams_through_the_mfa_model(step3):
-    from openai import OpenAI
+    from tests.conftest import assert_chat_streams
 
-    server, _ = step3
-    client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-    model = client.models.list().data[0].id
-    stream = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "word " * 60}], max_tokens=6,
-        temperature=0, stream=True, stream_options={"include_usage": True})
-    chunks = list(stream)
-    assert chunks[-1].usage.completion_tokens == 6 and chunks[-1].usage.prompt_tokens > 60
+    assert_chat_streams(step3[0])
