@@ -132,78 +132,57 @@ class KVPolicyCollector:
         return []
 
 
-class SparseAttentionCollector:
-    """Sparse prefill counters from the workers, per method."""
+class WorkerCountersCollector:
+    """Counters the engine's workers keep (`cache_policies.stats.worker_stats`), summed
+    over workers at scrape time: one Prometheus counter per field, `prefix + field`, one
+    sample per key under `label`. `module` names where the counters' KIND and FIELDS are
+    defined (imported at the first scrape, not with this module)."""
+
+    def __init__(self, module: str, prefix: str, label: str, docs: dict[str, str]) -> None:
+        self.module, self.prefix, self.label, self.docs = module, prefix, label, docs
 
     def collect(self):
+        import importlib
         import os
 
-        from attention_backends.sparse.stats import FIELDS, KIND
         from cache_policies import stats
 
+        counters = importlib.import_module(self.module)
         path = os.environ.get(stats.ENV)
         yield from _counter_families(
-            "longserve_sparse_", "method",
-            {"chunks": "prefill chunks that ran sparse attention (per layer)",
-             "tokens": "query tokens of those chunks (per layer)",
-             "pairs_attended": "query-key pairs computed by sparse prefill, over heads and "
-                               "layers",
-             "pairs_causal": "query-key pairs dense causal attention would have computed"},
-            stats.read_workers(path, KIND, FIELDS) if path else {})
+            self.prefix, self.label, self.docs,
+            stats.read_workers(path, counters.KIND, counters.FIELDS) if path else {})
 
     def describe(self):
         return []
 
 
-class SharedKVDecodeCollector:
-    """Decode tokens attended by the shared-KV-head (MFA) route, from the workers."""
-
-    def collect(self):
-        import os
-
-        from attention_backends.mfa import STATS_FIELDS, STATS_KIND
-        from cache_policies import stats
-
-        path = os.environ.get(stats.ENV)
-        yield from _counter_families(
-            "longserve_mfa_decode_", "route",
-            {"tokens": "decode tokens attended by the shared-KV-head route (one read of K/V "
-                       "for all query heads), summed over layers"},
-            stats.read_workers(path, STATS_KIND, STATS_FIELDS) if path else {})
-
-    def describe(self):
-        return []
-
-
-class AFDCollector:
-    """Attention-FFN traffic, from the attention server's engine worker."""
-
-    def collect(self):
-        import os
-
-        from cache_policies import stats
-        from server.afd import STATS_FIELDS, STATS_KIND
-
-        path = os.environ.get(stats.ENV)
-        yield from _counter_families(
-            "longserve_afd_", "direction",
-            {"exchanges": "layer FFN calls to the FFN workers",
-             "tokens": "tokens carried by those calls, summed over layers",
-             "bytes": "bytes of hidden states moved (to_ffn: to every FFN shard; from_ffn: "
-                      "their outputs)"},
-            stats.read_workers(path, STATS_KIND, STATS_FIELDS) if path else {})
-
-    def describe(self):
-        return []
+WORKER_COUNTERS = [
+    WorkerCountersCollector(
+        "attention_backends.sparse.stats", "longserve_sparse_", "method",
+        {"chunks": "prefill chunks that ran sparse attention (per layer)",
+         "tokens": "query tokens of those chunks (per layer)",
+         "pairs_attended": "query-key pairs computed by sparse prefill, over heads and layers",
+         "pairs_causal": "query-key pairs dense causal attention would have computed"}),
+    WorkerCountersCollector(
+        "attention_backends.mfa", "longserve_mfa_decode_", "route",
+        {"tokens": "decode tokens attended by the shared-KV-head route (one read of K/V for "
+                   "all query heads), summed over layers"}),
+    WorkerCountersCollector(
+        "server.afd", "longserve_afd_", "direction",
+        {"exchanges": "layer FFN calls to the FFN workers",
+         "tokens": "tokens carried by those calls, summed over layers",
+         "bytes": "bytes of hidden states moved (to_ffn: to every FFN shard; from_ffn: their "
+                  "outputs)"}),
+]
 
 
 def _register_kv_collector() -> None:
     from prometheus_client import REGISTRY
 
     REGISTRY.register(KVPolicyCollector())
-    REGISTRY.register(SparseAttentionCollector())
-    REGISTRY.register(SharedKVDecodeCollector())
-    REGISTRY.register(AFDCollector())
+    for collector in WORKER_COUNTERS:
+        REGISTRY.register(collector)
 
 
 _register_kv_collector()

@@ -5,5 +5,5 @@ its own layer code; what changes is the kernel under them: the shared head's key
 values are read once per request for every query head (`kernels.mfa_decode`)."""
 
 # worker counters (cache_policies.stats): decode tokens the shared-KV route attended
-STATS_KIND = "mfa"
-STATS_FIELDS = ("tokens",)
+KIND = "mfa"
+FIELDS = ("tokens",)

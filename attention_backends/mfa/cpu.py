@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from vllm.v1.attention.backend import AttentionType
 
-from attention_backends.mfa import STATS_FIELDS, STATS_KIND
+from attention_backends.mfa import FIELDS, KIND
 from attention_backends.policy_aware.cpu import PolicyAwareCPUImpl, rows_metadata
 from cache_policies.stats import worker_stats
 from kernels.mfa_decode import cpu as mfa_cpu
@@ -28,7 +28,7 @@ ENV = "LONGSERVE_MFA_DECODE"
 MODES = ("auto", "on", "off")
 MIN_QUERY_WIDTH = 16384  # heads x head_dim from which the route wins on this CPU
 
-MFA_STATS = worker_stats(STATS_KIND, STATS_FIELDS)
+MFA_STATS = worker_stats(KIND, FIELDS)
 
 
 def mode() -> str:

@@ -17,5 +17,5 @@ STORE_PREFIX = "longserve-afd"
 
 # worker counters (cache_policies.stats), kept by the engine's worker: per direction,
 # layer-exchanges, tokens carried (summed over layers) and bytes moved
-STATS_KIND = "afd"
-STATS_FIELDS = ("exchanges", "tokens", "bytes")
+KIND = "afd"
+FIELDS = ("exchanges", "tokens", "bytes")

@@ -27,14 +27,14 @@ from vllm.forward_context import get_forward_context
 from vllm.model_executor.models.llama import LlamaForCausalLM
 
 from cache_policies.stats import worker_stats
-from server.afd import STATS_FIELDS, STATS_KIND, transport
+from server.afd import FIELDS, KIND, transport
 from server.afd.transport import TAG_DATA, TAG_HEADER, TAG_OUT, Link, LinkError
 
 ENV = "LONGSERVE_AFD"  # JSON: store, shards, micro_batches, timeout (set by the server)
 
 # model architecture served -> its AFD form, registered by the plugin
 ARCHITECTURES = {"LlamaForCausalLM": "LongserveAFDLlamaForCausalLM"}
-STATS = worker_stats(STATS_KIND, STATS_FIELDS)
+STATS = worker_stats(KIND, FIELDS)
 
 
 class AFDClient:
