@@ -20,7 +20,9 @@ import torch
 from vllm.v1.attention.backend import AttentionType
 
 from attention_backends.mfa import FIELDS, KIND
-from attention_backends.policy_aware.cpu import PolicyAwareCPUImpl, rows_metadata
+from attention_backends.policy_aware.cpu import (
+    PolicyAwareCPUImpl, attend_rows, rows_metadata,
+)
 from cache_policies.stats import worker_stats
 from kernels.mfa_decode import cpu as mfa_cpu
 
@@ -83,11 +85,8 @@ class SharedKVDecodeImpl(PolicyAwareCPUImpl):
         if not len(split.rows):  # prefill only
             return super().attend(layer, query, key, value, kv_cache, md, output)
         if split.rest is not None:
-            tokens = split.rest_tokens
-            rest_out = torch.empty_like(output[tokens])
-            super().attend(layer, query[tokens], key[tokens], value[tokens], kv_cache,
-                           split.rest, rest_out)
-            output[tokens] = rest_out
+            attend_rows(super().attend, layer, query, key, value, kv_cache, split.rest,
+                        split.rest_tokens, output)
         blocks, _, block, _ = kv_cache.shape
         storage = kv_cache.view(blocks, 2, block * self.head_size)
         keys = storage[:, 0].view(blocks, 1, self.head_size, block)

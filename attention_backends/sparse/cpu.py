@@ -26,7 +26,7 @@ from vllm.v1.attention.backend import AttentionType
 
 from attention_backends.mfa.cpu import SharedKVDecodeImpl
 from attention_backends.policy_aware.cpu import (
-    PolicyAwareCPUBackend, PolicyAwareCPUBuilder, rows_metadata,
+    PolicyAwareCPUBackend, PolicyAwareCPUBuilder, attend_rows, rows_metadata,
 )
 from attention_backends.sparse.config import DEFAULT_ENV, SparseConfig
 from attention_backends.sparse.patterns import make_estimator
@@ -118,11 +118,8 @@ class SparseCPUImpl(SharedKVDecodeImpl):
             return super().attend(layer, query, key, value, kv_cache, attn_metadata, output,
                                   output_scale, output_block_scale)
         if batch.dense is not None:
-            tokens = batch.dense_tokens
-            dense_out = torch.empty_like(output[tokens])
-            super().attend(layer, query[tokens], key[tokens], value[tokens], kv_cache,
-                           batch.dense, dense_out)
-            output[tokens] = dense_out
+            attend_rows(super().attend, layer, query, key, value, kv_cache, batch.dense,
+                        batch.dense_tokens, output)
         for row in batch.rows:
             self._sparse_prefill(layer, query, key, kv_cache, row, output)
         return output
