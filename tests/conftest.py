@@ -107,3 +107,17 @@ def assert_chat_streams(server) -> None:
         temperature=0, stream=True, stream_options={"include_usage": True})
     chunks = list(stream)
     assert chunks[-1].usage.completion_tokens == 6 and chunks[-1].usage.prompt_tokens > 60
+
+
+def serve_random_checkpoint(tmp_path_factory, name: str, build, chunk: int):
+    """A random checkpoint written by `build(directory)` (`loadtests.checkpoints`), served
+    in float32 with prefill chunked at `chunk` tokens; yields (server, model directory)."""
+    model_dir = build(tmp_path_factory.mktemp(name))
+    srv = longserve_eager(tmp_path_factory.mktemp(f"{name}-log") / "longserve.log",
+                          "--model", str(model_dir), "--dtype", "float32",
+                          "--max-num-batched-tokens", str(chunk), "--max-num-seqs", "4",
+                          "--kv-cache-memory", "256MiB").start()
+    try:
+        yield srv.wait_ready(), model_dir
+    finally:
+        srv.stop()

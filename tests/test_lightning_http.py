@@ -24,17 +24,9 @@ CHUNK = 48
 @pytest.fixture(scope="module")
 def minimax(tmp_path_factory):
     from loadtests.checkpoints import minimax as build
-    from tests.conftest import longserve_eager
+    from tests.conftest import serve_random_checkpoint
 
-    model_dir = build(tmp_path_factory.mktemp("minimax"))
-    srv = longserve_eager(tmp_path_factory.mktemp("minimax-log") / "longserve.log",
-                          "--model", str(model_dir), "--dtype", "float32",
-                          "--max-num-batched-tokens", str(CHUNK), "--max-num-seqs", "4",
-                          "--kv-cache-memory", "256MiB").start()
-    try:
-        yield srv.wait_ready(), model_dir
-    finally:
-        srv.stop()
+    yield from serve_random_checkpoint(tmp_path_factory, "minimax", build, CHUNK)
 
 
 def reference(model_dir, prompt: list[int], steps: int) -> tuple[list[int], list[float]]:

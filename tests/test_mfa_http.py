@@ -26,17 +26,10 @@ LAYERS = 3
 @pytest.fixture(scope="module")
 def step3(tmp_path_factory):
     from loadtests.checkpoints import step3 as build
-    from tests.conftest import longserve_eager
+    from tests.conftest import serve_random_checkpoint
 
-    model_dir = build(tmp_path_factory.mktemp("step3"), layers=LAYERS)
-    srv = longserve_eager(tmp_path_factory.mktemp("step3-log") / "longserve.log",
-                          "--model", str(model_dir), "--dtype", "float32",
-                          "--max-num-batched-tokens", str(CHUNK), "--max-num-seqs", "4",
-                          "--kv-cache-memory", "256MiB").start()
-    try:
-        yield srv.wait_ready(), model_dir
-    finally:
-        srv.stop()
+    yield from serve_random_checkpoint(tmp_path_factory, "step3",
+                                       lambda d: build(d, layers=LAYERS), CHUNK)
 
 
 def routed(server) -> float:
