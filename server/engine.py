@@ -124,6 +124,9 @@ def export_policy_env(settings: Settings) -> None:
     from cache_policies.scheduler import RECOMPRESS_ENV
     from cache_policies.stats import ENV as STATS_ENV
 
+    from attention_backends.mfa import mode as mfa_mode
+
+    mfa_mode()  # a bad LONGSERVE_MFA_DECODE fails here, not in the engine's first step
     make_store(settings.kv_offload)  # a Redis that does not answer fails here, at start-up
     os.environ[OFFLOAD_ENV] = settings.kv_offload
     os.environ[RECOMPRESS_ENV] = str(settings.kv_recompress_every)

@@ -87,3 +87,14 @@ def test_link_round_trip_and_a_dead_peer(die):
         peer.join(30)
         if peer.is_alive():
             peer.kill()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--attention", "no-port-here"], "expected HOST:PORT"),
+    (["--attention", "127.0.0.1:1", "--shard", "2", "--shards", "2"], "--shard 2 outside"),
+])
+def test_afd_ffn_refuses_bad_flags(argv, message, capsys):
+    from server.cli import main
+
+    assert main(["afd-ffn", *argv]) == 2
+    assert message in capsys.readouterr().err

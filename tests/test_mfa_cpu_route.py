@@ -67,12 +67,13 @@ def make_impl(heads: int, kv_heads: int, dtype=torch.float32):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_route_matches_vllms_kernel(monkeypatch, dtype):
+    from attention_backends import mfa
     from attention_backends.mfa import cpu as route
 
     query, kv_cache, md, layer = batch(dtype)
     outputs, counts = {}, {}
     for mode in ("off", "auto"):
-        monkeypatch.setenv(route.ENV, mode)
+        monkeypatch.setenv(mfa.ENV, mode)
         impl = make_impl(HEADS, 1, dtype)
         before = route.MFA_STATS.counts["shared_kv"]["tokens"]
         out = torch.zeros_like(query)
@@ -90,21 +91,25 @@ def test_route_matches_vllms_kernel(monkeypatch, dtype):
 
 
 def test_narrow_layers_keep_vllms_kernel(monkeypatch):
-    from attention_backends.mfa import cpu as route
+    from attention_backends import mfa
 
     _, kv_cache, _, layer = batch(torch.float32)
-    monkeypatch.setenv(route.ENV, "auto")
+    monkeypatch.setenv(mfa.ENV, "auto")
     narrow, grouped = make_impl(8, 1), make_impl(HEADS, 2)  # 8 x 256 wide; 2 KV heads
     assert not narrow._routes(layer, kv_cache)
     assert not grouped._routes(layer, kv_cache)
-    monkeypatch.setenv(route.ENV, "on")
+    monkeypatch.setenv(mfa.ENV, "on")
     forced = make_impl(8, 1)
     assert forced._routes(layer, kv_cache)
 
 
 def test_bad_mode_is_refused(monkeypatch):
-    from attention_backends.mfa import cpu as route
+    from attention_backends import mfa
+    from server.engine import export_policy_env
+    from server.settings import Settings
 
-    monkeypatch.setenv(route.ENV, "fast")
+    monkeypatch.setenv(mfa.ENV, "fast")
     with pytest.raises(ValueError, match="LONGSERVE_MFA_DECODE"):
-        route.mode()
+        mfa.mode()
+    with pytest.raises(ValueError, match="LONGSERVE_MFA_DECODE"):  # at start-up
+        export_policy_env(Settings())

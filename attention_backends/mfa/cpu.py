@@ -13,31 +13,21 @@ widths it wins (BENCHMARKS.md, issue 9), hence the threshold.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 from vllm.v1.attention.backend import AttentionType
 
-from attention_backends.mfa import FIELDS, KIND
+from attention_backends.mfa import FIELDS, KIND, mode
 from attention_backends.policy_aware.cpu import (
     PolicyAwareCPUImpl, attend_rows, rows_metadata,
 )
 from cache_policies.stats import worker_stats
 from kernels.mfa_decode import cpu as mfa_cpu
 
-ENV = "LONGSERVE_MFA_DECODE"
-MODES = ("auto", "on", "off")
 MIN_QUERY_WIDTH = 16384  # heads x head_dim from which the route wins on this CPU
 
 MFA_STATS = worker_stats(KIND, FIELDS)
-
-
-def mode() -> str:
-    value = os.environ.get(ENV, "auto").strip().lower() or "auto"
-    if value not in MODES:
-        raise ValueError(f"{ENV}={value!r}: expected one of {', '.join(MODES)}")
-    return value
 
 
 @dataclass

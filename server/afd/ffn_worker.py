@@ -120,6 +120,8 @@ def run(model_dir: Path, attention: list[str], shard: int, shards: int, dtype: s
         device: str) -> int:
     if not 0 <= shard < shards:
         raise ValueError(f"--shard {shard} outside 0..{shards - 1}")
+    for address in attention:
+        transport.parse_address(address)  # a malformed one fails here, not in its thread
     ffn = ShardedFFN(model_dir, shard, shards, DTYPES[dtype], torch.device(device))
     logger.info("FFN shard %d/%d of %s: %d layers, hidden %d, %s", shard, shards, model_dir,
                 ffn.layers, ffn.hidden, dtype)
