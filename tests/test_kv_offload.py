@@ -14,6 +14,7 @@ import torch
 from cache_policies.offload import HostStore, RedisStore
 from tests.conftest import longserve_eager, metric_value
 from tests.test_kv_policies_http import (
+    LONG_RUN,
     blocks_of,
     body,
     full_cache_blocks,
@@ -75,8 +76,8 @@ def test_retrieval_offloads_to_redis_and_answers_as_with_the_host_tier(
 
     client = redis.Redis.from_url(redis_url)
     for name in ("full", "quest"):
-        payload = body(sample, policy if name == "quest" else None, max_tokens=1024,
-                       ignore_eos=True, salt=uuid.uuid4().hex)  # aborted once sampled
+        payload = body(sample, policy if name == "quest" else None, salt=uuid.uuid4().hex,
+                       **LONG_RUN)  # aborted once sampled
         samples = sample_while_streaming(  # (KV usage, keys in Redis) while decoding
             redis_server, {}, payload,
             lambda text: (metric_value(text, "vllm:kv_cache_usage_perc"), client.dbsize()))

@@ -18,6 +18,9 @@ from tests.conftest import metric_value
 pytestmark = pytest.mark.engine
 
 BLOCK = 128  # vLLM's CPU default block size
+# A sampled request's length: a ~1.6k-token prompt plus this stays inside the model's 8k
+# window; the request is aborted as soon as it has been sampled.
+LONG_RUN = {"max_tokens": 6000, "ignore_eos": True}
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +68,16 @@ def run(server, auth, *payloads) -> list[list[int]]:
 
 def sample_while_streaming(server, auth, payload: dict, probe=None, want: int = 3) -> list:
     """`(tokens generated, probe(metrics_text))` read while the request decodes, as the
-    engine saw it; `probe` is vLLM's KV usage by default. The client reads the stream and,
-    from its 8th chunk on, scrapes `/metrics` between chunks (the engine goes on decoding
-    meanwhile); a sample is kept when vLLM's generation counter in the same scrape (set
+    engine saw it; `probe` is vLLM's KV usage by default. The client reads the stream and
+    scrapes `/metrics` after every chunk (the engine goes on decoding meanwhile); a sample
+    is kept when vLLM's generation counter in the same scrape (set
     with the KV gauge, from one engine step) shows the request past its 8th token and
     short of its last: prefill done, the policy applied, blocks still held. Once `want`
     samples are in, the client closes the stream (vLLM aborts the request) and the engine
     is waited back to idle. No poller thread: a scrape is taken only while the stream is
-    open, so a slow scrape delays the next one and nothing else. `max_tokens` should leave
-    hundreds of tokens, and the caller judges each sample at its own token count
+    open, so a slow scrape delays the next one and nothing else. `max_tokens` should be
+    `LONG_RUN` (on a loaded 2-core machine one scrape has taken as long as 1,000 decode
+    steps), and the caller judges each sample at its own token count
     (`blocks_of`, `full_cache_blocks`). `payload` must run to `max_tokens` (ignore_eos) on
     an otherwise idle engine."""
     from tests.test_limits_http import wait_engine_idle
@@ -91,8 +95,6 @@ def sample_while_streaming(server, auth, payload: dict, probe=None, want: int = 
             if not line.startswith("data: "):
                 continue
             chunks, last = chunks + 1, line
-            if chunks < 8:
-                continue
             text = httpx.get(server.url + "/metrics", headers=auth, timeout=120).text
             count = generated(text)
             seen.append(count - base)
@@ -137,13 +139,12 @@ def test_compressed_request_gives_blocks_back(server, auth, needle_prompts, poli
     wait_engine_idle(server, auth, timeout=120)  # usage then counts these requests only
     freed_before = metric_value(metrics(server, auth), "longserve_kv_blocks_freed_total",
                                 policy=name)
-    long_run = {"max_tokens": 1024, "ignore_eos": True}  # aborted once sampled
     # the measurement itself: under the full cache the gauge shows the request's blocks
     for held, expected in blocks_while_streaming(
-            server, auth, body(full, salt=uuid.uuid4().hex, **long_run), full.prompt_tokens):
+            server, auth, body(full, salt=uuid.uuid4().hex, **LONG_RUN), full.prompt_tokens):
         assert expected <= held <= expected + 1, (held, expected)
     for held, expected in blocks_while_streaming(server, auth, body(
-            compressed, policy, salt=uuid.uuid4().hex, **long_run), compressed.prompt_tokens):
+            compressed, policy, salt=uuid.uuid4().hex, **LONG_RUN), compressed.prompt_tokens):
         assert 0 < held < 0.5 * expected, (held, expected)
     text = metrics(server, auth)
     freed = metric_value(text, "longserve_kv_blocks_freed_total", policy=name) - freed_before
