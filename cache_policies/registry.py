@@ -18,6 +18,9 @@ KV_POLICIES: dict[str, str] = {
     "kivi8": "cache_policies.compress.kivi:KIVI8",
     "kivi4": "cache_policies.compress.kivi:KIVI4",
     "kivi2": "cache_policies.compress.kivi:KIVI2",
+    "cskv": "cache_policies.compress.cskv:CSKV16",
+    "cskv8": "cache_policies.compress.cskv:CSKV8",
+    "cskv4": "cache_policies.compress.cskv:CSKV4",
     "quest": "cache_policies.retrieve.quest:Quest",
     "actqkv": "cache_policies.retrieve.actqkv:ActQKV",
 }

@@ -19,13 +19,13 @@ written. Its prefill runs in the kernel, over everything.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 import torch
 
 from cache_policies import offload
 from cache_policies.base import KVPolicy, PolicyInputs, attention_probs
-from cache_policies.compress.kivi import pack_groups, unpack_groups
 from cache_policies.retrieve.quest import page_summaries
 from cache_policies.stats import retrieval_stats
 from cache_policies.plan import ATTRIBUTE, PolicyStep
@@ -226,7 +226,8 @@ class PolicyRuntime:
         fmt = r.policy.format(impl.head_size, bs)
         stream = impl.read_stream(layer, kv_cache, torch.tensor(step.front[step.pinned:]))
         groups = stream[:, : step.packed_groups * fmt.group_bytes]
-        keys, values = unpack_groups(groups.view(stream.shape[0], step.packed_groups, -1), fmt)
+        keys, values = r.policy.unpack(groups.view(stream.shape[0], step.packed_groups, -1), fmt,
+                                       layer_index(layer), step.pinned * bs)
         parts = [(keys, values), impl.read_blocks(layer, kv_cache, r.live, r.length)]
         if step.pinned:
             pinned = torch.tensor(step.front[: step.pinned], dtype=torch.long)
@@ -308,7 +309,8 @@ class PolicyRuntime:
         fmt = r.policy.format(impl.head_size, self.block_size)
         sources = torch.tensor(c.sources, dtype=torch.long)
         keys, values = impl.read_blocks(layer, kv_cache, sources, len(c.sources) * self.block_size)
-        packed = pack_groups(keys, values, fmt).flatten(1)  # (kv_heads, sources * group_bytes)
+        first = (step.pinned + step.packed_groups) * self.block_size  # the stream is in order
+        packed = r.policy.pack(keys, values, fmt, layer_index(layer), first).flatten(1)
         blocks = torch.tensor(self._stream_blocks(step), dtype=torch.long)
         stream = impl.read_stream(layer, kv_cache, blocks)
         start = step.packed_groups * fmt.group_bytes
@@ -343,4 +345,12 @@ class PolicyRuntime:
             self.accumulated[key] = torch.cat(survivors, dim=1)
 
 
+def layer_index(layer) -> int:
+    """The decoder layer an attention layer belongs to, from vLLM's layer name
+    ("model.layers.3.self_attn.attn" -> 3)."""
+    match = _LAYER_INDEX.search(getattr(layer, "layer_name", ""))
+    return int(match[1]) if match else -1
+
+
+_LAYER_INDEX = re.compile(r"layers\.(\d+)\.")
 RUNTIME = PolicyRuntime()

@@ -51,6 +51,13 @@ async def _start_engine(app: FastAPI) -> None:
         state.admission.default_max_tokens = (
             state.vllm_args.override_generation_config["max_new_tokens"])
         state.serving = await build_serving(state.engine, state.vllm_args, state.admission)
+        if state.settings.cskv:  # bases of another model would silently serve garbage
+            from cache_policies.compress.cskv import load
+
+            config = state.engine.model_config
+            load(state.settings.cskv).check_model(
+                config.hf_text_config.num_hidden_layers, config.get_total_num_kv_heads(),
+                config.get_head_size())
         await asyncio.to_thread(state.chunk_encoder.encoder.load)
         if state.settings.rag_projection:
             from server.rag.projection import load_projection

@@ -59,6 +59,8 @@ def _serve_parser(sub) -> None:
         "KV has grown this many tokens past the budget while generating (default 1024)")
     add("--kv-offload", help="where retrieval policies (quest, actqkv) move the blocks they "
         "are not reading out of the KV memory: none, host (default) or redis://HOST:PORT/DB")
+    add("--cskv", help="directory written by `longserve calibrate cskv`: enables the cskv, "
+        "cskv8 and cskv4 KV policies (keys and values stored as low-rank features)")
     add("--attention", help="default prefill attention: dense (default) or sparse "
         "(long prompts attend to the KV blocks an online estimate picks; decode is dense)")
     add("--sparse-config", help="sparse attention parameters as JSON, e.g. "
@@ -226,6 +228,40 @@ def _train_parser(sub) -> None:
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
+def _calibrate_parser(sub) -> None:
+    p = sub.add_parser("calibrate", help="calibrate what KV policies load (`cskv`: the "
+                       "low-rank bases served with --cskv)")
+    csub = p.add_subparsers(dest="calibrate_command", required=True)
+    c = csub.add_parser("cskv", help="per-layer, per-KV-head bases of keys (before RoPE) "
+                        "and values, from the model's activations on generated text")
+    c.add_argument("--out", required=True, type=Path, help="artifact directory to write")
+    c.add_argument("--rank", required=True, type=int,
+                   help="channels kept per key (a multiple of 8 up to head_dim)")
+    c.add_argument("--value-rank", type=int, default=None,
+                   help="channels kept per value (default: --rank)")
+    c.add_argument("--model", default=None, help="model directory (default: the embedded "
+                   "default model)")
+    c.add_argument("--tokens", type=int, default=16384, help="calibration tokens, held-out "
+                   "share included")
+    c.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _calibrate(args) -> int:
+    from cache_policies.compress.cskv_calibrate import calibrate, summary
+    from server.model_store import prepare
+
+    model = Path(args.model) if args.model else prepare()[0]
+    try:
+        meta = calibrate(model, args.out, args.rank, args.value_rank, tokens=args.tokens,
+                         threads=args.threads)
+    except ValueError as exc:
+        print(f"longserve calibrate cskv: {exc}", file=sys.stderr)
+        return 2
+    print(summary(meta))
+    print(f"wrote {args.out}; serve it with: longserve serve --cskv {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="longserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -240,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bench", help="quality and load benchmarks (`longserve bench -h`)",
                    add_help=False)
     _train_parser(sub)
+    _calibrate_parser(sub)
     _afd_ffn_parser(sub)
     health = sub.add_parser("health", help="exit 0 if the server on this host is alive "
                             "(--ready: loaded and serving); for container health checks")
@@ -261,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         from server.rag.train import run as train
 
         return train(args)
+    if args.command == "calibrate":
+        return _calibrate(args)
     if args.command == "health":
         return _health(args)
     if args.command == "afd-ffn":

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import re
 from typing import Literal
 
@@ -78,6 +80,9 @@ class Settings(BaseSettings):
     kv_offload: str = Field(
         "host", description="where retrieval policies move blocks out of the KV memory: "
         "none, host, or redis://HOST:PORT[/DB]")
+    cskv: str | None = Field(
+        None, description="directory written by `longserve calibrate cskv`: the bases the "
+        "cskv, cskv8 and cskv4 KV policies store keys and values in")
     attention: Literal["dense", "sparse"] = Field(
         "dense", description="default prefill attention: dense, or sparse for long prompts")
     sparse_config: dict = Field(
@@ -156,6 +161,15 @@ class Settings(BaseSettings):
             raise ValueError(f"takes `memory` or redis://HOST:PORT[/DB], got {value!r}")
         return value
 
+    @field_validator("cskv")
+    @classmethod
+    def _cskv(cls, value: str | None) -> str | None:
+        if value:
+            from cache_policies.compress.cskv import load
+
+            load(value)  # raises saying what is wrong
+        return value or None
+
     @field_validator("rag_projection")
     @classmethod
     def _projection(cls, value: str | None) -> str | None:
@@ -183,5 +197,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _policy(self) -> Settings:
+        if self.cskv:  # the process serves this artifact (the cskv policies read it)
+            from cache_policies.compress.cskv import ENV
+
+            os.environ[ENV] = self.cskv
         make_config(self.kv_policy, self.kv_budget)  # raises with the valid names
         return self

@@ -54,7 +54,20 @@ def longserve_eager(log_path, *extra: str) -> ServerProcess:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory) -> ServerProcess:
+def cskv_artifact(tmp_path_factory) -> str:
+    """CSKV bases of the default model at full rank (64 of 64 channels, keys and values):
+    a rotation of each head's channels, so that only the quantization of `cskv8`/`cskv4`
+    loses anything. Calibrated on 2k tokens (~20 s)."""
+    from cache_policies.compress.cskv_calibrate import calibrate
+    from server.model_store import prepare
+
+    out = tmp_path_factory.mktemp("cskv")
+    calibrate(prepare()[0], out, 64, 64, tokens=2048)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, cskv_artifact) -> ServerProcess:
     srv = longserve_eager(
         tmp_path_factory.mktemp("server") / "longserve.log",
         "--api-key", API_KEY,
@@ -64,6 +77,7 @@ def server(tmp_path_factory) -> ServerProcess:
         "--max-request-bytes", str(MAX_REQUEST_BYTES),
         "--kv-recompress-every", str(KV_RECOMPRESS_EVERY),
         "--rag-max-tokens", str(RAG_MAX_TOKENS),
+        "--cskv", cskv_artifact,
     ).start()
     try:
         yield srv.wait_ready()

@@ -169,6 +169,56 @@ def test_quantized_kv_answers_as_the_full_cache(server, auth, needle_prompts):
     assert sample.answers[0] in resp.json()["choices"][0]["message"]["content"]
 
 
+def test_cskv_packs_features_and_answers_as_the_full_cache(server, auth, needle_prompts):
+    """The session server serves full-rank CSKV bases (conftest): `cskv8` stores each
+    entry as 8-bit features of its un-rotated key and its value, in about half the blocks,
+    and finds the needle as the full cache does; `cskv4` in about a quarter."""
+    from cache_policies.compress.kivi import PackedFormat
+
+    sample = needle_prompts[5]
+    full = httpx.post(server.url + "/v1/chat/completions", headers=auth, timeout=120,
+                      json=body(sample, salt=uuid.uuid4().hex)).json()["choices"][0]["message"]
+    assert sample.answers[0] in full["content"]
+    groups = sample.prompt_tokens // BLOCK - 1  # the full blocks before the one being written
+    block = BLOCK * 2 * 64 * 2  # bytes per KV head of one bf16 block
+    for name, bits in (("cskv8", 8), ("cskv4", 4)):
+        before = metric_value(metrics(server, auth), "longserve_kv_blocks_freed_total", policy=name)
+        resp = httpx.post(server.url + "/v1/chat/completions", headers=auth, timeout=120,
+                          json=body(sample, {"name": name}, salt=uuid.uuid4().hex))
+        assert resp.status_code == 200, resp.text
+        assert sample.answers[0] in resp.json()["choices"][0]["message"]["content"], name
+        freed = metric_value(metrics(server, auth), "longserve_kv_blocks_freed_total",
+                             policy=name) - before
+        need = PackedFormat(bits, 64, BLOCK, 64).blocks_for(groups, block)
+        assert freed >= groups - need > 0, (name, freed, groups, need)
+
+
+def test_cskv_stream_after_a_shared_prefix(server, auth, needle_prompts):
+    """A CSKV request whose document another running request holds leaves the document
+    shared and packs only what follows it (the stream's positions start after the pinned
+    prefix), generating past several packings and still answering."""
+    salt = uuid.uuid4().hex
+    doc = needle_prompts[2]
+    other = copy_with_question(doc, "What is the special magic number? Answer twice.")
+
+    def compactions():
+        return metric_value(metrics(server, auth), "longserve_kv_compactions_total",
+                            policy="cskv4")
+
+    holder = body(doc, max_tokens=3000, ignore_eos=True, salt=salt, stream=True)
+    with httpx.stream("POST", server.url + "/v1/chat/completions", headers=auth,
+                      json=holder, timeout=300) as resp:
+        lines = resp.iter_lines()
+        next(lines), next(lines)  # the holder's prompt is in the cache and held
+        before = compactions()
+        resp = httpx.post(server.url + "/v1/chat/completions", headers=auth, timeout=300,
+                          json=body(other, {"name": "cskv4"}, max_tokens=700, ignore_eos=True,
+                                    salt=salt))
+        assert compactions() - before >= 2  # generated blocks, packed two at a time
+    assert resp.status_code == 200, resp.text
+    assert doc.answers[0] in resp.json()["choices"][0]["message"]["content"]
+
+
 def test_budget_one_is_token_identical_to_full(server, auth, needle_prompts):
     sample = needle_prompts[2]
     [full] = run(server, auth, body(sample, salt=uuid.uuid4().hex))
@@ -177,8 +227,8 @@ def test_budget_one_is_token_identical_to_full(server, auth, needle_prompts):
     assert same == full
 
 
-@pytest.mark.parametrize("policy", [{"name": "snapkv", "budget": 0.25}, {"name": "kivi4"}],
-                         ids=["snapkv", "kivi4"])
+@pytest.mark.parametrize("policy", [{"name": "snapkv", "budget": 0.25}, {"name": "kivi4"},
+                                    {"name": "cskv4"}], ids=["snapkv", "kivi4", "cskv4"])
 def test_prefix_cache_hit_after_compressed_request_is_exact(server, auth, needle_prompts,
                                                              policy):
     sample = needle_prompts[7]

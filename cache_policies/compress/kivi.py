@@ -31,22 +31,40 @@ _SCALE_DTYPE = torch.float16
 
 @dataclass(frozen=True)
 class PackedFormat:
+    """bits 8, 4, 2: quantized with scales; 16: stored as bf16 (CSKV's unquantized
+    features). `head_dim` is the channels stored per key, `value_dim` per value (default:
+    the same)."""
+
     bits: int
     head_dim: int
     group: int = GROUP
+    value_dim: int | None = None
 
     @property
-    def code_bytes(self) -> int:  # one of keys or values, one group of one head
+    def value_channels(self) -> int:
+        return self.value_dim or self.head_dim
+
+    @property
+    def key_bytes(self) -> int:  # key codes of one group of one head
         return self.group * self.head_dim * self.bits // 8
 
     @property
-    def group_bytes(self) -> int:
-        scale = torch.finfo(_SCALE_DTYPE).bits // 8
-        return 2 * self.code_bytes + 2 * scale * (self.head_dim + self.group)
+    def value_bytes(self) -> int:
+        return self.group * self.value_channels * self.bits // 8
 
-    def bits_per_entry(self) -> float:
-        """Stored bits per key or value element, scales included."""
-        return 8 * self.group_bytes / (2 * self.group * self.head_dim)
+    @property
+    def group_bytes(self) -> int:
+        codes = self.key_bytes + self.value_bytes
+        if self.bits == 16:
+            return codes
+        scale = torch.finfo(_SCALE_DTYPE).bits // 8
+        return codes + 2 * scale * (self.head_dim + self.group)
+
+    def bits_per_entry(self, head_dim: int | None = None) -> float:
+        """Stored bits per key or value element of a `head_dim`-channel entry (default: the
+        stored channels), scales included."""
+        dim = head_dim or (self.head_dim + self.value_channels) / 2
+        return 8 * self.group_bytes / (2 * self.group * dim)
 
     def blocks_for(self, groups: int, block_bytes: int) -> int:
         """Packed blocks holding `groups` groups, `block_bytes` bytes per head per block."""
@@ -92,8 +110,11 @@ def pack_groups(keys: torch.Tensor, values: torch.Tensor, fmt: PackedFormat) -> 
     """keys, values (heads, groups * group, head_dim) -> (heads, groups, group_bytes)."""
     heads, length, dim = keys.shape
     groups = length // fmt.group
+    if fmt.bits == 16:
+        return torch.cat([_bytes(t.to(torch.bfloat16).reshape(heads, groups, fmt.group, -1))
+                          for t in (keys, values)], dim=-1)
     k = keys.reshape(heads, groups, fmt.group, dim)
-    v = values.reshape(heads, groups, fmt.group, dim)
+    v = values.reshape(heads, groups, fmt.group, values.shape[-1])
     k_codes, k_scale, k_min = quantize(k, fmt.bits, dim=2)  # per channel: over tokens
     v_codes, v_scale, v_min = quantize(v, fmt.bits, dim=3)  # per token: over channels
     parts = [pack_codes(k_codes.flatten(-2), fmt.bits), pack_codes(v_codes.flatten(-2), fmt.bits),
@@ -104,8 +125,13 @@ def pack_groups(keys: torch.Tensor, values: torch.Tensor, fmt: PackedFormat) -> 
 def unpack_groups(packed: torch.Tensor, fmt: PackedFormat) -> tuple[torch.Tensor, torch.Tensor]:
     """(heads, groups, group_bytes) -> keys, values (heads, groups * group, head_dim), fp32."""
     heads, groups, _ = packed.shape
-    g, dim, code = fmt.group, fmt.head_dim, fmt.code_bytes
-    sizes = [code, code] + [torch.finfo(_SCALE_DTYPE).bits // 8 * n for n in (dim, dim, g, g)]
+    g, dim, vdim = fmt.group, fmt.head_dim, fmt.value_channels
+    codes = [fmt.key_bytes, fmt.value_bytes]
+    if fmt.bits == 16:
+        k, v = (b.contiguous().view(torch.bfloat16).float().view(heads, groups * g, -1)
+                for b in packed.split(codes, dim=-1))
+        return k, v
+    sizes = codes + [torch.finfo(_SCALE_DTYPE).bits // 8 * n for n in (dim, dim, g, g)]
     k_codes, v_codes, k_scale, k_min, v_scale, v_min = packed.split(sizes, dim=-1)
 
     def floats(b, shape):
@@ -113,9 +139,9 @@ def unpack_groups(packed: torch.Tensor, fmt: PackedFormat) -> tuple[torch.Tensor
 
     keys = dequantize(unpack_codes(k_codes, fmt.bits).view(heads, groups, g, dim),
                       floats(k_scale, (1, dim)), floats(k_min, (1, dim)))
-    values = dequantize(unpack_codes(v_codes, fmt.bits).view(heads, groups, g, dim),
+    values = dequantize(unpack_codes(v_codes, fmt.bits).view(heads, groups, g, vdim),
                         floats(v_scale, (g, 1)), floats(v_min, (g, 1)))
-    return keys.view(heads, -1, dim), values.view(heads, -1, dim)
+    return keys.view(heads, -1, dim), values.view(heads, -1, vdim)
 
 
 class KIVI(KVPolicy):
@@ -128,6 +154,15 @@ class KIVI(KVPolicy):
     @classmethod
     def format(cls, head_dim: int, group: int = GROUP) -> PackedFormat:
         return PackedFormat(cls.bits, head_dim, group)
+
+    def pack(self, keys, values, fmt: PackedFormat, layer: int, first: int) -> torch.Tensor:
+        """Entries (kv_heads, groups * group, head_dim) of `layer` at positions first.. ->
+        (kv_heads, groups, group_bytes)."""
+        return pack_groups(keys, values, fmt)
+
+    def unpack(self, packed, fmt: PackedFormat, layer: int, first: int):
+        """The inverse of `pack`: keys, values (kv_heads, groups * group, head_dim), fp32."""
+        return unpack_groups(packed, fmt)
 
 
 class KIVI8(KIVI):
