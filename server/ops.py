@@ -37,6 +37,16 @@ async def prometheus_metrics():
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
+def _cskv(path: str | None) -> dict | None:
+    if not path:
+        return None
+    from cache_policies.compress.cskv import load
+
+    art = load(path)
+    return {"path": path, "key_rank": art.ranks[0], "value_rank": art.ranks[1],
+            "head_dim": art.head_dim, "calibration": art.meta.get("calibration")}
+
+
 def _projection(projection, path: str | None) -> dict | None:
     if projection is None:
         return None
@@ -78,5 +88,6 @@ async def info(request: Request):
         },
         "chunk_store": "memory" if settings.chunk_store == "memory" else "redis",
         "rag_projection": _projection(state.rag_projection, settings.rag_projection),
+        "cskv": _cskv(settings.cskv),
         "attention": workers,
     }

@@ -96,3 +96,12 @@ def test_retrieval_offloads_to_redis_and_answers_as_with_the_host_tier(
     assert client.dbsize() == 0
     text = httpx.get(redis_server.url + "/metrics").text
     assert metric_value(text, "longserve_kv_blocks_freed_total", policy="quest") > 0
+
+
+@pytest.mark.engine
+def test_cskv_on_a_server_without_bases_is_a_client_error(redis_server):
+    resp = httpx.post(redis_server.url + "/v1/chat/completions", timeout=30, json={
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+        "kv_policy": {"name": "cskv8"}})
+    assert resp.status_code == 400, resp.text
+    assert "--cskv" in resp.json()["error"]["message"]

@@ -175,6 +175,8 @@ def test_cskv_packs_features_and_answers_as_the_full_cache(server, auth, needle_
     and finds the needle as the full cache does; `cskv4` in about a quarter."""
     from cache_policies.compress.kivi import PackedFormat
 
+    info = httpx.get(server.url + "/info", headers=auth).json()["cskv"]
+    assert (info["key_rank"], info["value_rank"], info["head_dim"]) == (64, 64, 64)
     sample = needle_prompts[5]
     full = httpx.post(server.url + "/v1/chat/completions", headers=auth, timeout=120,
                       json=body(sample, salt=uuid.uuid4().hex)).json()["choices"][0]["message"]

@@ -167,7 +167,8 @@ def calibrate(model_dir: Path, out: Path, rank: int, value_rank: int | None = No
         "head_dim": dim, "kv_heads": heads,
         "layers": layers, "rope_theta": float(rope["rope_theta"]),
         "calibration": {"corpus": "pydoc plain text of " + ", ".join(CORPUS_MODULES),
-                        "tokens": split * seq_len, "held_out_tokens": (len(sequences) - split) * seq_len,
+                        "tokens": split * seq_len,
+                        "held_out_tokens": (len(sequences) - split) * seq_len,
                         "seq_len": seq_len, "seconds": round(time.monotonic() - started, 1)},
         "relative_error": record,
     }

@@ -65,8 +65,8 @@ def test_rope_matches_vllm_and_undoes_itself():
         torch.testing.assert_close(cskv.rotate(mine, cos, -sin), plain[:, i: i + 1],
                                    atol=2e-5, rtol=1e-5)
     cos, sin = cskv.rope_tables(126, 4, DIM, THETA)
-    torch.testing.assert_close(cskv.rotate(plain[:, :4], cos, sin),
-                               reference_rope(plain[:, :4], [126, 127, 128, 129]), atol=1e-4, rtol=0)
+    want = reference_rope(plain[:, :4], [126, 127, 128, 129])
+    torch.testing.assert_close(cskv.rotate(plain[:, :4], cos, sin), want, atol=1e-4, rtol=0)
 
 
 def test_features_and_entries_equal_the_reference(tmp_path):
@@ -202,3 +202,20 @@ def test_a_stream_appended_in_parts_reads_back_at_its_positions(tmp_path, monkey
     torch.testing.assert_close(got_v, values, atol=3e-2, rtol=0)
     wrong, _ = policy.unpack(stream, fmt, 1, 0)
     assert (wrong - keys).abs().max() > 0.5
+
+
+def test_command_line_and_settings_refuse_what_cannot_work(tmp_path, monkeypatch, capsys):
+    from pydantic import ValidationError
+
+    from server.cli import main
+    from server.settings import Settings
+
+    assert main(["calibrate", "cskv", "--rank", "30", "--out", str(tmp_path)]) == 2
+    assert "multiple of 8" in capsys.readouterr().err
+    monkeypatch.setenv(cskv.ENV, "")  # undone after the test, whatever Settings sets
+    with pytest.raises(ValidationError, match="--cskv"):
+        Settings(kv_policy="cskv8")
+    with pytest.raises(ValidationError, match="calibrate cskv"):
+        Settings(cskv=str(tmp_path / "none"))
+    artifact(tmp_path / "bases")
+    assert Settings(kv_policy="cskv8", cskv=str(tmp_path / "bases")).kv_policy == "cskv8"
