@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 import time
@@ -207,11 +208,7 @@ def test_cskv_stream_after_a_shared_prefix(server, auth, needle_prompts):
         return metric_value(metrics(server, auth), "longserve_kv_compactions_total",
                             policy="cskv4")
 
-    holder = body(doc, max_tokens=3000, ignore_eos=True, salt=salt, stream=True)
-    with httpx.stream("POST", server.url + "/v1/chat/completions", headers=auth,
-                      json=holder, timeout=300) as resp:
-        lines = resp.iter_lines()
-        next(lines), next(lines)  # the holder's prompt is in the cache and held
+    with prefix_held(server, auth, doc, salt, max_tokens=3000):
         before = compactions()
         resp = httpx.post(server.url + "/v1/chat/completions", headers=auth, timeout=300,
                           json=body(other, {"name": "cskv4"}, max_tokens=700, ignore_eos=True,
@@ -354,17 +351,25 @@ def test_prefix_held_by_another_request_stays_shared(server, auth, needle_prompt
         return metric_value(metrics(server, auth), "longserve_kv_compactions_total",
                             policy="tova")
 
-    holder = body(doc, max_tokens=200, ignore_eos=True, salt=salt, stream=True)
-    with httpx.stream("POST", server.url + "/v1/chat/completions", headers=auth,
-                      json=holder, timeout=120) as resp:
-        lines = resp.iter_lines()
-        next(lines), next(lines)  # the holder's prompt is in the cache and held
+    with prefix_held(server, auth, doc, salt, max_tokens=200):
         before = compactions()
         [shared] = run(server, auth, body(other, {"name": "tova", "budget": 0.3}, salt=salt))
         assert compactions() == before
     [alone] = run(server, auth, body(other, {"name": "tova", "budget": 0.3}, salt=salt))
     assert compactions() == before + 1
     assert shared and alone
+
+
+@contextlib.contextmanager
+def prefix_held(server, auth, sample, salt: str, max_tokens: int):
+    """Inside: a running request holds `sample`'s prompt blocks (in the prefix cache
+    under `salt`, and in use); it is aborted on leaving."""
+    holder = body(sample, max_tokens=max_tokens, ignore_eos=True, salt=salt, stream=True)
+    with httpx.stream("POST", server.url + "/v1/chat/completions", headers=auth,
+                      json=holder, timeout=300) as resp:
+        lines = resp.iter_lines()
+        next(lines), next(lines)  # its prompt is in the cache and held
+        yield
 
 
 def copy_with_question(sample, question: str):
