@@ -11,9 +11,9 @@ form one contiguous physical sequence: attention reads `front + table[tail_start
 with `seq_len - (tail_start - k) * block_size` entries, while new tokens keep their
 logical positions (RoPE) and slots (vLLM's own slot mapping lands in the in-place part).
 
-A packing policy (KIVI) has the same layout, but its front after the `pinned` shared
+A packing policy (KIVI, CSKV) has the same layout, but its front after the `pinned` shared
 prefix blocks holds `packed_groups` quantized groups of entries as one byte stream per KV
-head (`cache_policies.compress.kivi`); the kernel never reads those blocks as entries.
+head (`cache_policies.compress.kivi`, `.cskv`); the kernel never reads those blocks as entries.
 A retrieval policy with the offload tier keeps its sink (and pinned) blocks as the front;
 logical blocks len(front) .. tail_start - 1 live in the tier (`cache_policies.offload`).
 """

@@ -8,7 +8,7 @@ One `PolicyRuntime` per worker process. The policy-aware attention backend calls
 and `read_stream`/`write_stream` (raw bytes per KV head) for its cache layout, so this
 module never depends on one platform's layout.
 
-A request under a packing policy (KIVI) attends here rather than in the kernel once it
+A request under a packing policy (KIVI, CSKV) attends here rather than in the kernel once it
 holds packed entries: the kernel is shown only its in-place blocks and its output rows
 for that request are replaced by attention over the dequantized stream plus those blocks.
 A request under a retrieval policy (Quest, ActQKV) attends here in its decode steps, over
