@@ -39,6 +39,10 @@ def metrics(server, auth) -> str:
     return httpx.get(server.url + "/metrics", headers=auth).text
 
 
+def compactions(server, auth, policy: str) -> float:
+    return metric_value(metrics(server, auth), "longserve_kv_compactions_total", policy=policy)
+
+
 def kv_usage(server, auth) -> float:
     return metric_value(metrics(server, auth), "vllm:kv_cache_usage_perc")
 
@@ -204,16 +208,13 @@ def test_cskv_stream_after_a_shared_prefix(server, auth, needle_prompts):
     doc = needle_prompts[2]
     other = copy_with_question(doc, "What is the special magic number? Answer twice.")
 
-    def compactions():
-        return metric_value(metrics(server, auth), "longserve_kv_compactions_total",
-                            policy="cskv4")
-
     with prefix_held(server, auth, doc, salt, max_tokens=3000):
-        before = compactions()
+        before = compactions(server, auth, "cskv4")
         resp = httpx.post(server.url + "/v1/chat/completions", headers=auth, timeout=300,
                           json=body(other, {"name": "cskv4"}, max_tokens=700, ignore_eos=True,
                                     salt=salt))
-        assert compactions() - before >= 2  # generated blocks, packed two at a time
+        # generated blocks, packed two at a time
+        assert compactions(server, auth, "cskv4") - before >= 2
     assert resp.status_code == 200, resp.text
     assert doc.answers[0] in resp.json()["choices"][0]["message"]["content"]
 
@@ -347,16 +348,12 @@ def test_prefix_held_by_another_request_stays_shared(server, auth, needle_prompt
     doc = needle_prompts[2]
     other = copy_with_question(doc, "What is the special magic number? Answer twice.")
 
-    def compactions():
-        return metric_value(metrics(server, auth), "longserve_kv_compactions_total",
-                            policy="tova")
-
     with prefix_held(server, auth, doc, salt, max_tokens=200):
-        before = compactions()
+        before = compactions(server, auth, "tova")
         [shared] = run(server, auth, body(other, {"name": "tova", "budget": 0.3}, salt=salt))
-        assert compactions() == before
+        assert compactions(server, auth, "tova") == before
     [alone] = run(server, auth, body(other, {"name": "tova", "budget": 0.3}, salt=salt))
-    assert compactions() == before + 1
+    assert compactions(server, auth, "tova") == before + 1
     assert shared and alone
 
 

@@ -164,12 +164,22 @@ class CSKV(KIVI):
         return PackedFormat(cls.bits, key_rank, group, value_rank)
 
     def pack(self, keys, values, fmt: PackedFormat, layer: int, first: int) -> torch.Tensor:
+        _check_layer(layer)
         k, v = loaded().features(layer, keys, values, first)
         return pack_groups(k, v, fmt)
 
     def unpack(self, packed, fmt: PackedFormat, layer: int, first: int):
+        _check_layer(layer)
         k, v = unpack_groups(packed, fmt)
         return loaded().entries(layer, k, v, first)
+
+
+def _check_layer(layer: int) -> None:
+    """The bases are per layer: a layer the runtime could not name (-1) must not silently
+    read the last layer's."""
+    if layer < 0:
+        raise RuntimeError("CSKV: the attention layer's decoder index is unknown "
+                           "(vLLM layer names of the form '...layers.N....' are expected)")
 
 
 class CSKV16(CSKV):
