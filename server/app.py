@@ -47,9 +47,6 @@ async def _start_engine(app: FastAPI) -> None:
             wiring.create_engine, state.vllm_args, [state.admission.stat_logger_factory()])
         start_output_handler(state.engine)
         state.admission.max_num_seqs = state.engine.vllm_config.scheduler_config.max_num_seqs
-        # --default-max-tokens, or a user's own --override-generation-config max_new_tokens
-        state.admission.default_max_tokens = (
-            state.vllm_args.override_generation_config["max_new_tokens"])
         state.serving = await build_serving(state.engine, state.vllm_args, state.admission)
         if state.settings.cskv:  # bases of another model would silently serve garbage
             from cache_policies.compress.cskv import load

@@ -41,7 +41,8 @@ def _serve_parser(sub) -> None:
         help="no graph compilation: starts in seconds instead of minutes")
     add("--max-request-bytes", help="largest request body, e.g. 16MiB (default 16MiB)")
     add("--default-max-tokens", type=int, help="completion tokens a request that sets no "
-        "max_tokens may generate (default 2048; vLLM's own: the rest of the context)")
+        "max_tokens may generate (default 2048; vLLM's own: the rest of the context); "
+        "requests that set max_tokens get what they ask")
     add("--max-queued-requests", type=int,
         help="waiting requests beyond which new ones get 429 (default 256)")
     add("--max-queued-tokens", type=int, help="prompt tokens waiting for the engine beyond "

@@ -70,11 +70,6 @@ def vllm_namespace(settings: Settings, model: str, name: str, extra: list[str]) 
         argv += ["--enforce-eager", "--hf-overrides",
                  json.dumps({"architectures": [afd_architecture(model)]})]
     args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv + extra)
-    # a request without max_tokens stops here, not at the end of the context: vLLM caps its
-    # default with the generation config's max_new_tokens (a user's own override wins)
-    overrides = dict(args.override_generation_config or {})
-    overrides.setdefault("max_new_tokens", settings.default_max_tokens)
-    args.override_generation_config = overrides
     if settings.kv_policy != "full" and args.kv_cache_dtype not in ("auto", None):
         raise ValueError(f"--kv-policy {settings.kv_policy} needs the KV cache in the model's "
                          f"dtype, not --kv-cache-dtype {args.kv_cache_dtype}")

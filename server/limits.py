@@ -55,8 +55,8 @@ class Admission:
         self.max_queued_tokens = max_queued_tokens  # 0: no limit
         self.queue_timeout = queue_timeout  # 0: none
         self.limiter = limiter or RateLimiter()
-        # what a request without max_tokens may generate: the engine's generation-config
-        # cap, set once the engine is configured (server.app)
+        # what a request without max_tokens may generate (server.openai.serving
+        # .default_max_tokens settles it once the serving objects exist)
         self.default_max_tokens = default_max_tokens
         self.max_num_seqs = 0  # known once the engine is configured
         self.in_flight = 0
@@ -68,7 +68,8 @@ class Admission:
         return cls(settings.max_queued_requests, settings.max_queued_tokens,
                    settings.queue_timeout,
                    RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm,
-                               settings.rate_limit_store))
+                               settings.rate_limit_store),
+                   settings.default_max_tokens)
 
     def stat_logger_factory(self):
         """For `AsyncLLM(stat_loggers=[...])`: vLLM calls it as (vllm_config, engine_index)."""

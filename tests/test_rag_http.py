@@ -276,9 +276,15 @@ def test_refrag_prompt_over_the_window_is_a_400_not_a_cut(small_client):
     assert err.value.body["param"] == "rag" and "lower rag.expand" in err.value.body["message"]
 
 
-def test_a_request_without_max_tokens_stops_at_the_default_cap(small_client):
+def test_the_default_max_tokens_is_a_default_not_a_cap(small_client):
     resp = small_client.chat.completions.create(
         model=small_client.models.list().data[0].id, temperature=0,
         messages=[{"role": "user", "content": "Tell me a very long story."}],
         extra_body={"ignore_eos": True})
     assert resp.usage.completion_tokens == 24 and resp.choices[0].finish_reason == "length"
+    # a default, not a cap: a request asking for more gets it
+    resp = small_client.chat.completions.create(
+        model=small_client.models.list().data[0].id, temperature=0, max_tokens=40,
+        messages=[{"role": "user", "content": "Tell me a very long story."}],
+        extra_body={"ignore_eos": True})
+    assert resp.usage.completion_tokens == 40

@@ -338,14 +338,35 @@ def test_workers_read_the_request_then_the_deployment_default(monkeypatch):
     assert request_config({"longserve": {"kv_policy": None}}) is None
 
 
-def test_requests_without_max_tokens_get_the_default_cap():
-    """vLLM's default is the rest of the context (minutes of decoding); longserve caps it
-    through vLLM's generation-config override, which a user's own override beats."""
+def test_requests_without_max_tokens_get_the_default_and_others_what_they_ask():
+    """vLLM's default is the rest of the context (minutes of decoding); longserve fills in
+    `--default-max-tokens` for requests that set none and caps nothing else (vLLM's
+    `get_max_tokens` decides, as it does for every request); a user's own
+    `--override-generation-config` max_new_tokens keeps vLLM's meaning, a cap on all."""
+    from types import SimpleNamespace
+
+    from vllm.entrypoints.serve.utils.api_utils import get_max_tokens
+
     from server.engine import vllm_namespace
+    from server.openai.serving import default_max_tokens
     from server.settings import Settings
 
+    def budget(serving, asked, prompt=100):
+        return get_max_tokens(8192, asked, prompt, serving.default_sampling_params,
+                              serving.override_max_tokens)
+
     args = vllm_namespace(Settings(default_max_tokens=64), "m", "m", [])
-    assert args.override_generation_config["max_new_tokens"] == 64
+    assert not (args.override_generation_config or {}).get("max_new_tokens")
+    chat, completion = (SimpleNamespace(override_max_tokens=None, default_sampling_params={})
+                        for _ in range(2))
+    assert default_max_tokens(chat, completion, default=64) == 64
+    for serving in (chat, completion):
+        assert budget(serving, None) == 64
+        assert budget(serving, 6000) == 6000  # asked for more than the default: granted
+        assert budget(serving, None, prompt=8150) == 42  # the rest of the context
+    capped = SimpleNamespace(override_max_tokens=7, default_sampling_params={"max_tokens": 7})
+    assert default_max_tokens(capped, default=64) == 7
+    assert budget(capped, None) == budget(capped, 6000) == 7
     args = vllm_namespace(Settings(), "m", "m", [
         "--override-generation-config", '{"max_new_tokens": 7, "temperature": 0.5}'])
     assert args.override_generation_config == {"max_new_tokens": 7, "temperature": 0.5}

@@ -136,4 +136,22 @@ async def build_serving(engine, args: Namespace, admission) -> Serving:
         **common,
     )
     completion = LongserveServingCompletion(admitted, models, **common)
+    admission.default_max_tokens = default_max_tokens(chat, completion,
+                                                      default=admission.default_max_tokens)
     return Serving(models=models, chat=chat, completion=completion)
+
+
+def default_max_tokens(*servings, default: int) -> int:
+    """Let a request that sets no `max_tokens` generate at most `default` tokens (vLLM's
+    own default is the rest of the context: minutes of decoding) without capping the
+    requests that do set one. vLLM takes a request's budget as the smallest of the rest of
+    the context, its `max_tokens` (else the serving's default sampling parameter) and a
+    cap; a generation-config override of `max_new_tokens` sets both the default and the
+    cap, so longserve fills in the default only. A user's own `--override-generation-config
+    '{"max_new_tokens": N}'` keeps vLLM's meaning (every request capped at N) and wins.
+    Returns what a request without `max_tokens` may generate."""
+    for serving in servings:
+        if serving.override_max_tokens is not None:
+            return serving.override_max_tokens
+        serving.default_sampling_params["max_tokens"] = default
+    return default
