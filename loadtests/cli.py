@@ -307,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     _common(sp)
     _quality_args(sp)
     sp.add_argument("--runs", default="vertical_slash@0.2",
-                    help="sparse runs as METHOD@DENSITY, comma-separated (dense always runs)")
+                    help="sparse runs as METHOD@DENSITY, comma-separated (dense always runs "
+                    "first; `dense` here sends every sample densely once more: the noise floor)")
     sp.add_argument("--sparse-config", type=json.loads, default={},
                     help='parameters added to every sparse run, e.g. \'{"min_len": 1024}\'')
     rg = sub.add_parser("rag", help="multi-document QA: the RAG path vs every document in "
@@ -318,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     rg.add_argument("--samples", type=int, default=10, help="samples per length")
     rg.add_argument("--documents", type=int, default=24, help="documents per sample (16-32)")
     rg.add_argument("--runs", default="drop@0.1,extractive@0.1",
-                    help="RAG runs as MODE@EXPAND_SHARE[/CHUNK_TOKENS], comma-separated (`all` always "
-                    "runs)")
+                    help="RAG runs as MODE@EXPAND_SHARE[/CHUNK_TOKENS], comma-separated "
+                    "(`all` always runs)")
     cx = sub.add_parser("context", help="long-context strategies on prompts longer than the "
                         "served window: score, latency, tokens spent")
     _common(cx)

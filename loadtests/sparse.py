@@ -30,12 +30,20 @@ class AttentionRun:
         return {"attention": self.attention, "cache_salt": uuid.uuid4().hex}
 
 
+DENSE_AGAIN = "dense (again)"
+
+
 def parse_runs(spec: str, extra: dict | None = None) -> list[AttentionRun]:
     """`vertical_slash@0.2,lsh@0.3` -> sparse runs (method@density), `extra` parameters
-    added to each; the dense run first."""
+    added to each; the dense run first. `dense` among them sends every sample densely a
+    second time: the run-to-run noise floor of the fidelity columns (vLLM's CPU kernels
+    are not bit-reproducible from one request to the next)."""
     runs = [AttentionRun(DENSE, {"name": "dense"})]
     for item in spec.split(","):
         method, _, density = item.partition("@")
+        if method == DENSE:
+            runs.append(AttentionRun(DENSE_AGAIN, {"name": "dense"}))
+            continue
         attention = {"name": "sparse", "method": method, **(extra or {})}
         if density:
             attention["density"] = float(density)

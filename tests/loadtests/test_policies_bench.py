@@ -41,3 +41,16 @@ def test_capacity_markdown_states_ratios():
            "throughput_vs_full": 2.1, "ttft_ms_p50": 900, "tpot_ms_p50": 80, "preemptions": 0}
     assert "| 6.00 / 7 | 2.50x | 50% | 12.0 | 2.60x | 40.0 | 2.10x |" in capacity_markdown(
         [row], "t")
+
+
+def test_sparse_runs_parse_with_dense_first_and_a_dense_repeat():
+    from loadtests.sparse import DENSE, DENSE_AGAIN
+    from loadtests.sparse import parse_runs as sparse_runs
+
+    runs = sparse_runs("vertical_slash@0.2,dense,lsh", {"min_len": 1024})
+    assert [r.label for r in runs] == [DENSE, "vertical_slash@0.2", DENSE_AGAIN, "lsh"]
+    assert runs[0].attention == runs[2].attention == {"name": "dense"}
+    assert runs[1].attention == {"name": "sparse", "method": "vertical_slash",
+                                 "min_len": 1024, "density": 0.2}
+    assert runs[3].attention == {"name": "sparse", "method": "lsh", "min_len": 1024}
+    assert runs[0].body()["cache_salt"] != runs[0].body()["cache_salt"]  # every prefill cold
