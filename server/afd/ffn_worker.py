@@ -4,9 +4,10 @@ serves one or more attention servers (`--attention HOST:PORT,...`), one link and
 thread each. Stateless: a request's FFN call can be retried on a restarted worker.
 
 Per attention server, forever: connect to its store (retrying while it is down), take the
-next link generation, announce what it holds, heartbeat, join the link and answer FFN
-calls until the link breaks; then start over (that is how it rejoins a restarted server,
-and how a restarted worker rejoins a running one)."""
+next link generation, announce what it holds, join the link and answer FFN calls until
+the link breaks; then start over (that is how it rejoins a restarted server, and how a
+restarted worker rejoins a running one). A heartbeat per attention server runs beside it
+for the worker's whole life."""
 
 from __future__ import annotations
 
@@ -78,24 +79,28 @@ class ShardedFFN:
 
 
 def _heartbeat(address: str, shard: int, stop: threading.Event) -> None:
-    store = transport.connect_store(address, timeout=30)
+    """Tell one attention server this worker is alive, every HEARTBEAT_S, for as long as
+    the worker runs: across link breaks and rejoins (a gap there made a server that had
+    just turned ready refuse the next request) and across restarts of the server (its
+    store comes back empty; the counter starts again)."""
+    store = None
     while not stop.wait(HEARTBEAT_S):
         try:
+            store = store or transport.connect_store(address, timeout=HEARTBEAT_S)
             store.add(transport.key(shard, "alive"), 1)
-        except RuntimeError:
-            return
+        except (LinkError, RuntimeError):  # the server is down or restarting
+            store = None
 
 
 def serve_link(address: str, ffn: ShardedFFN, stop: threading.Event) -> None:
     """Serve one attention server, reconnecting whenever the link breaks."""
+    threading.Thread(target=_heartbeat, args=(address, ffn.shard, stop), daemon=True,
+                     name=f"heartbeat-{address}").start()
     while not stop.is_set():
-        beat = threading.Event()
         try:
             store = transport.connect_store(address, timeout=float("inf"))
             generation = store.add(transport.key(ffn.shard, "generation"), 1)
             store.set(transport.key(ffn.shard, f"meta{generation}"), ffn.meta())
-            threading.Thread(target=_heartbeat, args=(address, ffn.shard, beat),
-                             daemon=True).start()
             logger.info("shard %d/%d: joining %s (generation %d)", ffn.shard, ffn.shards,
                         address, generation)
             link = Link.join(store, ffn.shard, generation, rank=1, device=ffn.device,
@@ -112,8 +117,6 @@ def serve_link(address: str, ffn: ShardedFFN, stop: threading.Event) -> None:
             logger.warning("link to %s broke (%s); reconnecting", address,
                            str(exc).splitlines()[0][:200])
             time.sleep(0.5)
-        finally:
-            beat.set()
 
 
 def run(model_dir: Path, attention: list[str], shard: int, shards: int, dtype: str,

@@ -22,17 +22,25 @@ class AFDMonitor:
         started = time.monotonic()
         self._beats = {shard: (-1, started) for shard in range(shards)}  # count, when it moved
         self._reader = transport.connect_store(f"127.0.0.1:{port}", timeout=timeout)
+        self._lock = threading.Lock()
         threading.Thread(target=self._watch, daemon=True, name="afd-heartbeats").start()
 
     def _watch(self) -> None:
         """Follow every shard's heartbeat counter, whether or not anyone asks."""
         while True:
-            now = time.monotonic()
-            for shard, (count, _) in list(self._beats.items()):
-                current = self._reader.add(transport.key(shard, "alive"), 0)
-                if current != count:
-                    self._beats[shard] = (current, now)
+            for shard in list(self._beats):
+                self._read(shard)
             time.sleep(HEARTBEAT_S / 2)
+
+    def _read(self, shard: int) -> tuple[int, float]:
+        """The shard's heartbeat count now, and since when it has had that value."""
+        with self._lock:
+            now = time.monotonic()
+            current = self._reader.add(transport.key(shard, "alive"), 0)
+            count, seen = self._beats[shard]
+            if current != count:
+                self._beats[shard] = count, seen = current, now
+            return count, seen
 
     def engine_env(self) -> str:
         """What the engine's worker needs to reach the workers (`server.afd.model.ENV`)."""
@@ -43,6 +51,11 @@ class AFDMonitor:
         """None when every FFN shard's worker sent a heartbeat lately, else what is wrong."""
         now = time.monotonic()
         for shard, (count, seen) in sorted(self._beats.items()):
+            if now - seen > SILENT_AFTER_S:
+                # asked again now: the watcher may simply not have run lately (a busy
+                # process), which is no reason to call a live worker silent
+                count, seen = self._read(shard)
+                now = time.monotonic()
             if now - seen > SILENT_AFTER_S:
                 state = "has not connected" if count <= 0 else \
                     f"has been silent for {now - seen:.0f}s"
