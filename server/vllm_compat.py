@@ -20,6 +20,10 @@ INTERNALS: list[tuple[str, str]] = [
     ("vllm.v1.attention.backends.registry", "register_backend"),
     ("vllm.v1.attention.backends.cpu_attn", "CPUAttentionBackendImpl.forward"),
     ("vllm.entrypoints.serve.utils.api_utils", "with_cancellation"),
+    # --default-max-tokens (server/openai/serving.py) sets the serving objects' instance
+    # attribute default_sampling_params["max_tokens"] and reads override_max_tokens; both
+    # are checked against vLLM's own function here:
+    ("vllm.entrypoints.serve.utils.api_utils", "get_max_tokens"),
     ("vllm.utils.gc_utils", "freeze_gc_heap"),
     # refrag rows into a rendered chat prompt (server/rag/splice.py): vLLM's mixed
     # token/embeds engine input and the placeholder token it registers for it
