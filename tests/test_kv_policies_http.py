@@ -273,15 +273,12 @@ def test_abort_of_compressed_request_frees_everything(server, auth, needle_promp
 
 
 def test_long_generation_runs_the_policy_again(server, auth, needle_prompts):
-    text = metrics(server, auth)
-    before = metric_value(text, "longserve_kv_compactions_total", policy="streaming")
+    before = compactions(server, auth, "streaming")
     [out] = run(server, auth, body(needle_prompts[1], {"name": "streaming", "budget": 512},
                                    max_tokens=320, ignore_eos=True, salt=uuid.uuid4().hex))
     assert len(out) == 320
-    compactions = metric_value(metrics(server, auth), "longserve_kv_compactions_total",
-                               policy="streaming") - before
     # once at the end of prefill, once more when the live KV grew 256 past the budget
-    assert compactions == 2
+    assert compactions(server, auth, "streaming") - before == 2
 
 
 def test_blocks_that_held_packed_kv_serve_the_next_request_cleanly(server, auth,
