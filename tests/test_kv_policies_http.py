@@ -40,7 +40,11 @@ def metrics(server, auth) -> str:
 
 
 def compactions(server, auth, policy: str) -> float:
-    return metric_value(metrics(server, auth), "longserve_kv_compactions_total", policy=policy)
+    return policy_counters(server, auth, policy)["compactions"]
+
+
+def kv_running(server, auth) -> float:
+    return metric_value(metrics(server, auth), "vllm:num_requests_running")
 
 
 def kv_usage(server, auth) -> float:
@@ -149,25 +153,49 @@ def test_compressed_request_gives_blocks_back(server, auth, needle_prompts, poli
 
     full, compressed = needle_prompts[0], needle_prompts[1]
     name = policy["name"]
+    salt = uuid.uuid4().hex
     wait_engine_idle(server, auth, timeout=120)  # usage then counts these requests only
+    # one compaction on its own: what it gives back. (The gauges add up every compaction
+    # so far, re-compactions of long decodes included, which give back a smaller share.)
+    before = policy_counters(server, auth, name)
+    run(server, auth, body(compressed, policy, salt=salt))  # 24 tokens: prefill's only
+    once = {k: v - before[k] for k, v in policy_counters(server, auth, name).items()}
+    assert once["compactions"] == 1, once
+    assert 1 - once["blocks_freed"] / once["blocks_before"] < 0.45, once
+    if name == "snapkv":  # evicts: fewer entries
+        assert once["tokens_kept"] / once["tokens_before"] < 0.45, once
+    else:  # quantizes: every entry kept, in a third of the blocks
+        assert once["tokens_kept"] == once["tokens_before"], once
+    text = metrics(server, auth)  # the gauges: the same ratios over every compaction
+    totals = policy_counters(server, auth, name, text)
+    assert metric_value(text, "longserve_kv_memory_ratio", policy=name) == pytest.approx(
+        1 - totals["blocks_freed"] / totals["blocks_before"])
+    assert metric_value(text, "longserve_kv_compression_ratio", policy=name) == pytest.approx(
+        totals["tokens_kept"] / totals["tokens_before"])
+
+    # the measurement itself: under the full cache the gauge shows the request's blocks
     freed_before = metric_value(metrics(server, auth), "longserve_kv_blocks_freed_total",
                                 policy=name)
-    # the measurement itself: under the full cache the gauge shows the request's blocks
     for held, expected in blocks_while_streaming(
             server, auth, body(full, salt=uuid.uuid4().hex, **LONG_RUN), full.prompt_tokens):
         assert expected <= held <= expected + 1, (held, expected)
+    # the same prompt again: a prefix-cache hit (cheap prefill), compacted as when cold
     for held, expected in blocks_while_streaming(server, auth, body(
-            compressed, policy, salt=uuid.uuid4().hex, **LONG_RUN), compressed.prompt_tokens):
+            compressed, policy, salt=salt, **LONG_RUN), compressed.prompt_tokens):
         assert 0 < held < 0.5 * expected, (held, expected)
-    text = metrics(server, auth)
-    freed = metric_value(text, "longserve_kv_blocks_freed_total", policy=name) - freed_before
+    freed = metric_value(metrics(server, auth), "longserve_kv_blocks_freed_total",
+                         policy=name) - freed_before
     prompt_blocks = -(-compressed.prompt_tokens // BLOCK)
     assert freed >= prompt_blocks // 2, (freed, prompt_blocks)
-    assert metric_value(text, "longserve_kv_memory_ratio", policy=name) < 0.45
-    if name == "snapkv":  # evicts: fewer entries
-        assert metric_value(text, "longserve_kv_compression_ratio", policy=name) < 0.45
-    else:  # quantizes: every entry kept, in a third of the blocks
-        assert metric_value(text, "longserve_kv_compression_ratio", policy=name) == 1
+
+
+def policy_counters(server, auth, policy: str, text: str | None = None) -> dict[str, float]:
+    """The policy's `longserve_kv_*_total` counters (server/metrics.py KVPolicyCollector)."""
+    from server.metrics import KVPolicyCollector
+
+    text = text or metrics(server, auth)
+    return {field: metric_value(text, f"longserve_kv_{field}_total", policy=policy)
+            for field in KVPolicyCollector.COUNTERS}
 
 
 def test_quantized_kv_answers_as_the_full_cache(server, auth, needle_prompts):
@@ -216,7 +244,7 @@ def test_cskv_stream_after_a_shared_prefix(server, auth, needle_prompts):
     doc = needle_prompts[2]
     other = copy_with_question(doc, "What is the special magic number? Answer twice.")
 
-    with prefix_held(server, auth, doc, salt, max_tokens=3000):
+    with prefix_held(server, auth, doc, salt):
         before = compactions(server, auth, "cskv4")
         resp = httpx.post(server.url + "/v1/chat/completions", headers=auth, timeout=300,
                           json=body(other, {"name": "cskv4"}, max_tokens=700, ignore_eos=True,
@@ -354,9 +382,10 @@ def test_prefix_held_by_another_request_stays_shared(server, auth, needle_prompt
     doc = needle_prompts[2]
     other = copy_with_question(doc, "What is the special magic number? Answer twice.")
 
-    with prefix_held(server, auth, doc, salt, max_tokens=200):
+    with prefix_held(server, auth, doc, salt):
         before = compactions(server, auth, "tova")
         [shared] = run(server, auth, body(other, {"name": "tova", "budget": 0.3}, salt=salt))
+        assert kv_running(server, auth) >= 1, "the holder ended: nothing held the prefix"
         assert compactions(server, auth, "tova") == before
     [alone] = run(server, auth, body(other, {"name": "tova", "budget": 0.3}, salt=salt))
     assert compactions(server, auth, "tova") == before + 1
@@ -364,10 +393,11 @@ def test_prefix_held_by_another_request_stays_shared(server, auth, needle_prompt
 
 
 @contextlib.contextmanager
-def prefix_held(server, auth, sample, salt: str, max_tokens: int):
+def prefix_held(server, auth, sample, salt: str):
     """Inside: a running request holds `sample`'s prompt blocks (in the prefix cache
-    under `salt`, and in use); it is aborted on leaving."""
-    holder = body(sample, max_tokens=max_tokens, ignore_eos=True, salt=salt, stream=True)
+    under `salt`, and in use); it is aborted on leaving. It asks for `LONG_RUN` tokens, so
+    that a stalled host cannot see it finish inside (CI once did, at 200)."""
+    holder = body(sample, salt=salt, stream=True, **LONG_RUN)
     with httpx.stream("POST", server.url + "/v1/chat/completions", headers=auth,
                       json=holder, timeout=300) as resp:
         lines = resp.iter_lines()
