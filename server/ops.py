@@ -83,7 +83,8 @@ async def info(request: Request):
         "limits": {
             "max_request_bytes": settings.max_request_bytes,
             "max_queued_requests": settings.max_queued_requests,
-            "default_max_tokens": settings.default_max_tokens,
+            # the setting, or the cap of a user's own max_new_tokens override
+            "default_max_tokens": state.admission.default_max_tokens,
             "rag_max_tokens": settings.rag_max_tokens,
         },
         "chunk_store": "memory" if settings.chunk_store == "memory" else "redis",

@@ -276,7 +276,7 @@ def test_refrag_prompt_over_the_window_is_a_400_not_a_cut(small_client):
     assert err.value.body["param"] == "rag" and "lower rag.expand" in err.value.body["message"]
 
 
-def test_the_default_max_tokens_is_a_default_not_a_cap(small_client):
+def test_the_default_max_tokens_is_a_default_not_a_cap(small, small_client):
     resp = small_client.chat.completions.create(
         model=small_client.models.list().data[0].id, temperature=0,
         messages=[{"role": "user", "content": "Tell me a very long story."}],
@@ -288,3 +288,5 @@ def test_the_default_max_tokens_is_a_default_not_a_cap(small_client):
         messages=[{"role": "user", "content": "Tell me a very long story."}],
         extra_body={"ignore_eos": True})
     assert resp.usage.completion_tokens == 40
+    info = httpx.get(small.url + "/info", headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    assert info["limits"]["default_max_tokens"] == 24
