@@ -395,14 +395,18 @@ def test_prefix_held_by_another_request_stays_shared(server, auth, needle_prompt
 @contextlib.contextmanager
 def prefix_held(server, auth, sample, salt: str):
     """Inside: a running request holds `sample`'s prompt blocks (in the prefix cache
-    under `salt`, and in use); it is aborted on leaving. It asks for `LONG_RUN` tokens, so
-    that a stalled host cannot see it finish inside (CI once did, at 200)."""
+    under `salt`, and in use); on leaving it is aborted and the engine waited back to
+    idle. It asks for `LONG_RUN` tokens, so that a stalled host cannot see it finish
+    inside (CI once did, at 200)."""
+    from tests.test_limits_http import wait_engine_idle
+
     holder = body(sample, salt=salt, stream=True, **LONG_RUN)
     with httpx.stream("POST", server.url + "/v1/chat/completions", headers=auth,
                       json=holder, timeout=300) as resp:
         lines = resp.iter_lines()
         next(lines), next(lines)  # its prompt is in the cache and held
         yield
+    wait_engine_idle(server, auth, timeout=120)
 
 
 def copy_with_question(sample, question: str):
