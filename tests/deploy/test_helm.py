@@ -194,3 +194,42 @@ def test_afd_renders_both_roles(monkeypatch):
 def test_afd_refuses_autoscaling():
     proc = helm("template", "rel", str(CHART), *AFD, "--set", "autoscaling.enabled=true")
     assert proc.returncode != 0 and "autoscaling" in proc.stderr
+
+
+def test_artifacts_on_a_volume_reach_the_server_and_the_ffn_workers(tmp_path, monkeypatch):
+    """CSKV bases and a REFRAG projection on a volume: the volume is mounted in the server
+    pods (and in the FFN workers', which read the model from it too), and the ConfigMap
+    names the artifacts as settings the server accepts (real artifacts, checked by the
+    server's own validators)."""
+    import kubernetes_validate
+
+    from server.rag.projection import ChunkProjection, ProjectionMeta
+    from server.settings import Settings
+    from tests.cache_policies.test_cskv import artifact
+
+    artifact(tmp_path / "cskv")
+    ChunkProjection(ProjectionMeta(encoder="all-MiniLM-L6-v2", encoder_dim=384, model="m",
+                                   hidden_size=576, vectors=2, width=32, chunk_tokens=64),
+                    embedding_rms=0.05).save(tmp_path / "refrag")
+    volume = {"name": "artifacts", "persistentVolumeClaim": {"claimName": "art"}}
+    mount = {"name": "artifacts", "mountPath": str(tmp_path), "readOnly": True}
+    values = ["--set-json", f"volumes=[{json.dumps(volume)}]",
+              "--set-json", f"volumeMounts=[{json.dumps(mount)}]",
+              "--set", f"server.cskv={tmp_path / 'cskv'}", "--set", "server.kvPolicy=cskv8",
+              "--set", f"server.ragProjection={tmp_path / 'refrag'}"]
+    for extra, pods in (([], ["Deployment/rel-longserve"]),
+                        (AFD, ["StatefulSet/rel-longserve", "StatefulSet/rel-longserve-ffn"])):
+        docs = render(*values, *extra)
+        for doc in docs.values():
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        for name in pods:
+            spec = docs[name]["spec"]["template"]["spec"]
+            assert volume in spec["volumes"], name
+            assert mount in spec["containers"][0]["volumeMounts"], name
+    for name, value in docs["ConfigMap/rel-longserve"]["data"].items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert (settings.cskv, settings.rag_projection, settings.kv_policy) == \
+        (str(tmp_path / "cskv"), str(tmp_path / "refrag"), "cskv8")
+    proc = helm("template", "rel", str(CHART), "--set-json", 'volumeMounts=[{"name": "x"}]')
+    assert proc.returncode != 0 and "volumeMounts" in proc.stderr
