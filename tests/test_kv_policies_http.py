@@ -43,7 +43,7 @@ def compactions(server, auth, policy: str) -> float:
     return policy_counters(server, auth, policy)["compactions"]
 
 
-def kv_running(server, auth) -> float:
+def running_requests(server, auth) -> float:
     return metric_value(metrics(server, auth), "vllm:num_requests_running")
 
 
@@ -179,7 +179,7 @@ def test_compressed_request_gives_blocks_back(server, auth, needle_prompts, poli
     for held, expected in blocks_while_streaming(
             server, auth, body(full, salt=uuid.uuid4().hex, **LONG_RUN), full.prompt_tokens):
         assert expected <= held <= expected + 1, (held, expected)
-    # the same prompt again: a prefix-cache hit (cheap prefill), compacted as when cold
+    # the same prompt again (a prefix-cache hit unless evicted since): compacted as cold
     for held, expected in blocks_while_streaming(server, auth, body(
             compressed, policy, salt=salt, **LONG_RUN), compressed.prompt_tokens):
         assert 0 < held < 0.5 * expected, (held, expected)
@@ -385,7 +385,7 @@ def test_prefix_held_by_another_request_stays_shared(server, auth, needle_prompt
     with prefix_held(server, auth, doc, salt):
         before = compactions(server, auth, "tova")
         [shared] = run(server, auth, body(other, {"name": "tova", "budget": 0.3}, salt=salt))
-        assert kv_running(server, auth) >= 1, "the holder ended: nothing held the prefix"
+        assert running_requests(server, auth) >= 1, "the holder ended: nothing held the prefix"
         assert compactions(server, auth, "tova") == before
     [alone] = run(server, auth, body(other, {"name": "tova", "budget": 0.3}, salt=salt))
     assert compactions(server, auth, "tova") == before + 1
