@@ -172,19 +172,21 @@ def test_splice_puts_the_rows_where_the_markers_were_rendered(tokenizer):
                [Splice(first, rows[0])], tokenizer, torch.bfloat16)
 
 
-def test_projection_artifact_round_trips_and_is_checked(tmp_path):
-    from server.rag.projection import (
-        META,
-        ChunkProjection,
-        ProjectionMeta,
-        load_projection,
-        read_meta,
-    )
+def small_projection(directory):
+    """An untrained projection for the default model's width (576), saved in `directory`."""
+    from server.rag.projection import ChunkProjection, ProjectionMeta
 
     meta = ProjectionMeta(encoder="all-MiniLM-L6-v2", encoder_dim=384, model="m",
                           hidden_size=576, vectors=2, width=32, chunk_tokens=64)
     projection = ChunkProjection(meta, embedding_rms=0.05)
-    projection.save(tmp_path / "p")
+    projection.save(directory)
+    return projection
+
+
+def test_projection_artifact_round_trips_and_is_checked(tmp_path):
+    from server.rag.projection import META, load_projection, read_meta
+
+    projection = small_projection(tmp_path / "p")
     loaded = load_projection(tmp_path / "p", "all-MiniLM-L6-v2", 576)
     x = torch.nn.functional.normalize(torch.randn(3, 384), dim=-1)
     assert torch.equal(loaded.rows(x), projection.rows(x)) and loaded.rows(x).shape == (6, 576)

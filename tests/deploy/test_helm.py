@@ -203,14 +203,12 @@ def test_artifacts_on_a_volume_reach_the_server_and_the_ffn_workers(tmp_path, mo
     server's own validators)."""
     import kubernetes_validate
 
-    from server.rag.projection import ChunkProjection, ProjectionMeta
     from server.settings import Settings
     from tests.cache_policies.test_cskv import artifact
+    from tests.test_rag import small_projection
 
     artifact(tmp_path / "cskv")
-    ChunkProjection(ProjectionMeta(encoder="all-MiniLM-L6-v2", encoder_dim=384, model="m",
-                                   hidden_size=576, vectors=2, width=32, chunk_tokens=64),
-                    embedding_rms=0.05).save(tmp_path / "refrag")
+    small_projection(tmp_path / "refrag")
     volume = {"name": "artifacts", "persistentVolumeClaim": {"claimName": "art"}}
     mount = {"name": "artifacts", "mountPath": str(tmp_path), "readOnly": True}
     values = ["--set-json", f"volumes=[{json.dumps(volume)}]",
