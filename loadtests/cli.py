@@ -307,8 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     _common(sp)
     _quality_args(sp)
     sp.add_argument("--runs", default="vertical_slash@0.2",
-                    help="sparse runs as METHOD@DENSITY, comma-separated (dense always runs "
-                    "first; `dense` here sends every sample densely once more: the noise floor)")
+                    help="sparse runs as METHOD@DENSITY[:NAME=VALUE...], comma-separated, e.g. "
+                    "`vertical_slash@0.2,vertical_slash@0.1:mass=0.9` (dense always runs first; "
+                    "`dense` here sends every sample densely once more: the noise floor)")
     sp.add_argument("--sparse-config", type=json.loads, default={},
                     help='parameters added to every sparse run, e.g. \'{"min_len": 1024}\'')
     rg = sub.add_parser("rag", help="multi-document QA: the RAG path vs every document in "

@@ -10,6 +10,7 @@ the geometric mean over samples of dense TTFT / run TTFT.
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from dataclasses import dataclass
@@ -34,19 +35,25 @@ DENSE_AGAIN = "dense (again)"
 
 
 def parse_runs(spec: str, extra: dict | None = None) -> list[AttentionRun]:
-    """`vertical_slash@0.2,lsh@0.3` -> sparse runs (method@density), `extra` parameters
-    added to each; the dense run first. `dense` among them sends every sample densely a
-    second time: the run-to-run noise floor of the fidelity columns (vLLM's CPU kernels
-    are not bit-reproducible from one request to the next)."""
+    """`vertical_slash@0.2,lsh@0.3:mass=0.9` -> sparse runs (method@density, then the run's
+    own parameters as :name=value), `extra` parameters added to each; the dense run first.
+    `dense` among them sends every sample densely a second time: the run-to-run noise floor
+    of the fidelity columns."""
     runs = [AttentionRun(DENSE, {"name": "dense"})]
     for item in spec.split(","):
-        method, _, density = item.partition("@")
+        head, *own = item.split(":")
+        method, _, density = head.partition("@")
         if method == DENSE:
             runs.append(AttentionRun(DENSE_AGAIN, {"name": "dense"}))
             continue
         attention = {"name": "sparse", "method": method, **(extra or {})}
         if density:
             attention["density"] = float(density)
+        for setting in own:
+            name, eq, value = setting.partition("=")
+            if not eq:
+                raise ValueError(f"{item!r}: run parameters are :name=value, got {setting!r}")
+            attention[name] = json.loads(value)
         runs.append(AttentionRun(item, attention))
     return runs
 

@@ -95,11 +95,80 @@ def test_vertical_slash_follows_a_slash():
     assert torch.stack(hits).float().mean() > 0.9
 
 
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("n_keys,q_offset", [(640, 0), (650, 300)])
+def test_mass_keeps_the_fewest_blocks_holding_that_share(method, n_keys, q_offset):
+    """With `mass`, per KV head and query block: the forced blocks, then blocks by share
+    until the kept ones hold `mass` of the estimate (never fewer than `density` gives),
+    checked against a loop over the shares."""
+    config = SparseConfig(method=method, density=0.1, mass=0.8, block=BLOCK, sink=32,
+                          local=32, last_q=16)
+    q, k = random_qk(n_keys, q_offset)
+    estimator = make_estimator(config)
+    pattern = estimator.estimate(q, k, q_offset, DIM ** -0.5, per_kv_head=True)
+    scores, _ = estimator.scores(q, k, q_offset, DIM ** -0.5)
+    starts, lasts = query_blocks(q_offset, q.shape[0], BLOCK)
+    key_blocks = scores.shape[2]
+    causal = torch.arange(key_blocks)[None, :] <= (lasts // BLOCK)[:, None]
+    shares = estimator.shares(scores.float(), causal, DIM ** -0.5)
+    assert torch.allclose(shares.sum(-1), torch.ones(()))
+    shares = shares.view(KV_HEADS, -1, *shares.shape[1:]).mean(1)
+    grew = 0
+    for j, (start, last) in enumerate(zip(starts.tolist(), lasts.tolist())):
+        n_causal = last // BLOCK + 1
+        forced = [0] + list(range(max(0, start - 32) // BLOCK, n_causal))
+        for h in range(KV_HEADS):
+            rest = sorted(set(range(n_causal)) - set(forced), key=lambda b: -shares[h, j, b])
+            kept, held = [], 0.0
+            for b in dict.fromkeys(forced + rest):
+                if len(kept) >= max(len(set(forced)), math.ceil(0.1 * n_causal)) \
+                        and held >= 0.8 - 1e-6:
+                    break
+                kept.append(b)
+                held += float(shares[h, j, b])
+            chosen = [b for b in pattern.blocks[h, j].tolist() if b >= 0]
+            assert chosen == sorted(kept)
+            grew += len(chosen) > max(len(set(forced)), math.ceil(0.1 * n_causal))
+    assert grew  # the cut-off, not the density, decided somewhere
+
+
+def test_mass_gives_diffuse_heads_more_blocks_than_concentrated_ones():
+    """One KV head's queries and keys are all alike (every key block equally likely: it
+    needs ~`mass` of its blocks); the other's queries point at one key block (it needs
+    only its forced blocks and that one, which slash lines may spread to its neighbour)."""
+    n = 1024
+    gen = torch.Generator().manual_seed(3)
+    q = torch.zeros(n, HEADS, DIM)
+    k = torch.randn(n, KV_HEADS, DIM, generator=gen) * 0.01
+    direction = torch.randn(DIM, generator=gen)
+    q[:, HEADS // 2:] = 4 * direction
+    k[200:232, 1] += 4 * direction  # key block 6, for KV head 1
+    config = SparseConfig(density=0.05, mass=0.7, block=BLOCK, sink=32, local=32, last_q=64)
+    pattern = make_estimator(config).estimate(q, k, 0, DIM ** -0.5, per_kv_head=True)
+    valid = (pattern.blocks[:, -1] >= 0).sum(-1)  # the last query block: 32 causal blocks
+    assert valid[0] >= 0.7 * 32 - 1
+    assert valid[1] <= 5 and 6 in pattern.blocks[1, -1].tolist()  # 0, 30, 31 forced
+
+
+def test_block_topk_shares_are_the_softmax_of_pooled_logits():
+    q, k = random_qk(300, 0)
+    estimator = make_estimator(SparseConfig(method="block_topk", block=BLOCK))
+    scores, _ = estimator.scores(q, k, 0, 0.2)
+    causal = torch.ones(10, 10, dtype=torch.bool).tril()
+    shares = estimator.shares(scores, causal, 0.2)
+    for j in range(10):
+        expected = torch.softmax(0.2 * scores[:, j, : j + 1], -1)
+        assert torch.allclose(shares[:, j, : j + 1], expected)
+        assert (shares[:, j, j + 1:] == 0).all()
+
+
 def test_config_errors_say_what_is_wrong():
     with pytest.raises(ValueError, match="unknown sparse method 'nope'"):
         SparseConfig(method="nope")
     with pytest.raises(ValueError, match="density must be in"):
         SparseConfig(density=0)
+    with pytest.raises(ValueError, match="mass must be in"):
+        SparseConfig(mass=1.5)
     with pytest.raises(ValueError, match="unknown sparse attention parameter"):
         SparseConfig.from_dict({"desnity": 0.5})
     with pytest.raises(ValueError, match="min_len must be int"):

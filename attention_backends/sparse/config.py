@@ -20,11 +20,16 @@ class SparseConfig:
 
     `density` is the share of each query block's causal key blocks attended (the sink and
     local blocks always are, and count toward it); at 1.0 every block is attended and the
-    result is dense attention. Chunks whose sequence is shorter than `min_len` run dense.
+    result is dense attention. With `mass` > 0 a head may attend more than that: per KV
+    head and query block, the best blocks until they hold `mass` of the estimated attention
+    (FlexPrefill's cumulative-attention cut-off, arXiv:2502.20766), so diffuse heads read
+    more and concentrated ones stay at `density`. Chunks whose sequence is shorter than
+    `min_len` run dense.
     """
 
     method: str = "vertical_slash"
     density: float = 0.2
+    mass: float = 0.0  # 0: off; else the estimated attention share each head must keep
     min_len: int = 3072  # tokens in the sequence (prefix + chunk); shorter runs dense
     block: int = 128  # tokens per query and key block; engines use their KV cache block
     sink: int = 64  # first tokens every query attends to (attention sinks)
@@ -47,6 +52,8 @@ class SparseConfig:
                              f"{', '.join(METHODS)}")
         if not 0 < self.density <= 1:
             raise ValueError(f"density must be in (0, 1], got {self.density}")
+        if not 0 <= self.mass <= 1:
+            raise ValueError(f"mass must be in [0, 1], got {self.mass}")
         if self.block < 16 or self.block & (self.block - 1):
             raise ValueError(f"block must be a power of two >= 16, got {self.block}")
         for name in ("min_len", "last_q", "tables", "bits"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from loadtests.capacity import capacity_markdown
 from loadtests.policies import FULL, matrix_markdown, matrix_summary, parse_runs
 
@@ -47,10 +49,16 @@ def test_sparse_runs_parse_with_dense_first_and_a_dense_repeat():
     from loadtests.sparse import DENSE, DENSE_AGAIN
     from loadtests.sparse import parse_runs as sparse_runs
 
-    runs = sparse_runs("vertical_slash@0.2,dense,lsh", {"min_len": 1024})
-    assert [r.label for r in runs] == [DENSE, "vertical_slash@0.2", DENSE_AGAIN, "lsh"]
+    runs = sparse_runs("vertical_slash@0.2,dense,lsh,block_topk@0.1:mass=0.9:local=256",
+                       {"min_len": 1024})
+    assert [r.label for r in runs] == [DENSE, "vertical_slash@0.2", DENSE_AGAIN, "lsh",
+                                       "block_topk@0.1:mass=0.9:local=256"]
     assert runs[0].attention == runs[2].attention == {"name": "dense"}
     assert runs[1].attention == {"name": "sparse", "method": "vertical_slash",
                                  "min_len": 1024, "density": 0.2}
     assert runs[3].attention == {"name": "sparse", "method": "lsh", "min_len": 1024}
+    assert runs[4].attention == {"name": "sparse", "method": "block_topk", "min_len": 1024,
+                                 "density": 0.1, "mass": 0.9, "local": 256}
+    with pytest.raises(ValueError, match="run parameters are :name=value"):
+        sparse_runs("lsh:mass")
     assert runs[0].body()["cache_salt"] != runs[0].body()["cache_salt"]  # every prefill cold

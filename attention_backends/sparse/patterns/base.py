@@ -1,7 +1,9 @@
 """What every pattern estimator shares: block budgets, causality, sink and local blocks.
 
 A method implements `scores` (per block, higher = more worth attending, and optionally
-vertical columns); the base turns them into a `SparsePattern` within the budget.
+vertical columns) and, where its scores are not attention mass, `shares` (the estimated
+share of each block in a query block's attention); the base turns them into a
+`SparsePattern` within the budget.
 """
 
 from __future__ import annotations
@@ -49,23 +51,34 @@ class PatternEstimator:
         q (n_q, heads, dim), k (n_keys, kv_heads, dim)."""
         raise NotImplementedError
 
+    def shares(self, scores: torch.Tensor, causal: torch.Tensor, scale: float) -> torch.Tensor:
+        """(heads, q_blocks, key_blocks) scores -> the estimated share of each causal key
+        block in the query block's attention (sums to 1 over the causal blocks). The default
+        reads non-negative scores as attention mass."""
+        mass = scores.clamp(min=0).masked_fill(~causal, 0)
+        return mass / mass.sum(-1, keepdim=True).clamp(min=1e-30)
+
     def estimate(self, q: torch.Tensor, k: torch.Tensor, q_offset: int, scale: float,
                  per_kv_head: bool = False, dense_tail: int = 0) -> SparsePattern:
         """The pattern for a chunk of queries at positions q_offset.. over keys 0..n_keys-1;
-        with `per_kv_head` one pattern per KV head, from its query heads' summed scores
+        with `per_kv_head` one pattern per KV head, from its query heads' mean scores
         (kernels that read each KV block once for the whole group need that). The query
         blocks holding the chunk's last `dense_tail` queries attend to every causal block
         (the end of a prompt: the question, and the queries that produce the answer)."""
         block_scores, columns = self.scores(q, k, q_offset, scale)
+        block_scores = block_scores.float()
+        if self.config.mass > 0:  # select on shares, which average over a KV head's group
+            causal = causal_blocks(q_offset, q.shape[0], block_scores.shape[2],
+                                   self.config.block)
+            block_scores = self.shares(block_scores, causal, scale)
         if per_kv_head:
             kv_heads = k.shape[1]
-            block_scores = block_scores.view(kv_heads, -1, *block_scores.shape[1:]).sum(1)
+            block_scores = block_scores.view(kv_heads, -1, *block_scores.shape[1:]).mean(1)
             if columns is not None and columns.shape[1]:
                 raise ValueError("vertical columns are per query head; set columns=0 for "
                                  "a per-KV-head pattern")
             columns = None
-        blocks = self.select_blocks(block_scores.float(), q_offset, q.shape[0], k.shape[0],
-                                    dense_tail)
+        blocks = self.select_blocks(block_scores, q_offset, q.shape[0], k.shape[0], dense_tail)
         if columns is None:
             columns = torch.empty(blocks.shape[0], 0, dtype=torch.long)
         return SparsePattern(self.config.block, q_offset, blocks, columns.sort(dim=1).values)
@@ -73,21 +86,35 @@ class PatternEstimator:
     def select_blocks(self, scores: torch.Tensor, q_offset: int, n_q: int,
                       n_keys: int, dense_tail: int = 0) -> torch.Tensor:
         """(heads, q_blocks, k) ascending key-block ids, -1 pads: per query block the sink
-        and local blocks, then the best-scored causal blocks up to ceil(density * causal)."""
+        and local blocks, then the best-scored causal blocks up to ceil(density * causal);
+        with `mass` > 0 (scores are then shares), per head as many more as it takes for the
+        kept blocks to hold `mass` of the estimated attention."""
         cfg, block = self.config, self.config.block
         key_blocks = scores.shape[2]
         starts, lasts = query_blocks(q_offset, n_q, block)
         last_block = lasts // block
         b = torch.arange(key_blocks)
-        causal = b[None, :] <= last_block[:, None]  # (q_blocks, key_blocks)
+        causal = causal_blocks(q_offset, n_q, key_blocks, block)
         forced = causal & ((b[None, :] < -(-cfg.sink // block))
                            | (b[None, :] >= ((starts - cfg.local).clamp(min=0) // block)[:, None]))
         budget = torch.maximum(forced.sum(1),
                                torch.ceil(cfg.density * (last_block + 1)).long())  # (q_blocks,)
         budget = torch.where(lasts >= q_offset + n_q - dense_tail, last_block + 1, budget)
+        budget = budget.expand(scores.shape[0], -1)  # (heads, q_blocks)
         ranked = scores.masked_fill(forced, float("inf")).masked_fill(~causal, float("-inf"))
+        if cfg.mass > 0:
+            order = ranked.sort(dim=2, descending=True).indices
+            held = scores.masked_fill(~causal, 0).gather(2, order).cumsum(2)
+            needed = (held < cfg.mass - 1e-6).sum(2) + 1  # blocks until `mass` is held
+            budget = torch.minimum(torch.maximum(budget, needed), last_block + 1)
         top = ranked.topk(int(budget.max()), dim=2).indices  # (heads, q_blocks, k)
-        keep = torch.arange(top.shape[2])[None, :] < budget[:, None]
+        keep = torch.arange(top.shape[2]) < budget[..., None]
         chosen = torch.where(keep, top, key_blocks)  # past-the-end sorts last
         chosen = chosen.sort(dim=2).values
         return torch.where(chosen == key_blocks, -1, chosen)
+
+
+def causal_blocks(q_offset: int, n_q: int, key_blocks: int, block: int) -> torch.Tensor:
+    """(q_blocks, key_blocks) bool: the key blocks a query block may read (up to its own)."""
+    _, lasts = query_blocks(q_offset, n_q, block)
+    return torch.arange(key_blocks)[None, :] <= (lasts // block)[:, None]
