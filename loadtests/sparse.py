@@ -58,24 +58,44 @@ def parse_runs(spec: str, extra: dict | None = None) -> list[AttentionRun]:
     return runs
 
 
+PAIRS = ("longserve_sparse_pairs_attended_total", "longserve_sparse_pairs_causal_total")
+
+
+async def _pairs(http) -> tuple[float, float]:
+    from loadtests.prom import totals
+
+    counts = totals((await http.get("/metrics")).text)
+    return counts[PAIRS[0]], counts[PAIRS[1]]
+
+
 async def run_sparse(url: str, model: str, samples: list[Sample], runs: list[AttentionRun], *,
                      api_key: str | None, progress: bool = True) -> dict[str, list[dict]]:
+    """Every sample through every run, one request at a time; each record also gets the
+    query-key pairs its sparse chunks attended and could have (the server's counters)."""
+    import httpx
     from openai import AsyncOpenAI
     from tqdm import tqdm
 
     client = AsyncOpenAI(base_url=url.rstrip("/") + "/v1", api_key=api_key or "none",
                          max_retries=0, timeout=3600)
+    http = httpx.AsyncClient(base_url=url.rstrip("/"), timeout=60, headers=(
+        {"Authorization": f"Bearer {api_key}"} if api_key else {}))
     records: dict[str, list[dict]] = {run.label: [] for run in runs}
     try:
         with tqdm(total=len(samples) * len(runs), desc="sparse", unit="request",
                   disable=not progress) as bar:
             for i, sample in enumerate(samples):
                 for run in runs if i % 2 == 0 else runs[::-1]:
-                    records[run.label].append(
-                        await _ask(client, model, sample, run.body(), stream=True))
+                    before = await _pairs(http)
+                    record = await _ask(client, model, sample, run.body(), stream=True)
+                    after = await _pairs(http)
+                    record["pairs_attended"], record["pairs_causal"] = (
+                        b - a for a, b in zip(before, after))
+                    records[run.label].append(record)
                     bar.update()
     finally:
         await client.close()
+        await http.aclose()
     return records
 
 
@@ -93,6 +113,9 @@ def sparse_summary(records: dict[str, list[dict]], reference: str = DENSE) -> li
         row["prefill_tok_s"] = sum(r["prompt_tokens"] / r["ttft_s"] for r in mine) / len(mine)
         row["ttft_speedup"] = math.exp(sum(math.log(dense[r["id"]]["ttft_s"] / r["ttft_s"])
                                            for r in mine) / len(mine))
+        causal = sum(r.get("pairs_causal", 0) for r in mine)
+        if causal:  # pairs attended in the chunks that went sparse, of their causal pairs
+            row["sparse_density"] = sum(r["pairs_attended"] for r in mine) / causal
     return rows
 
 
@@ -100,14 +123,17 @@ def sparse_markdown(rows: list[dict], title: str, reference: str = DENSE) -> str
     def pct(x):
         return "—" if x is None else f"{100 * x:.1f}%"
 
+    density = any("sparse_density" in r for r in rows)  # bench sparse, not bench rag
     lines = [f"### {title}", "",
              f"| run | length | samples | TTFT s | prefill tok/s | TTFT speed-up vs {reference} "
-             f"| score | of {reference} | identical | token agreement |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             + ("| density of sparse chunks " if density else "")
+             + f"| score | of {reference} | identical | token agreement |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * (4 + density)]
     for r in sorted(rows, key=lambda r: (r["length"], r["run"] != reference)):
         lines.append(
             f"| {r['run']} | {r['length']} | {r['samples']} | {r.get('ttft_s', 0):.2f} | "
             f"{r.get('prefill_tok_s', 0):.0f} | {r.get('ttft_speedup', 0):.2f}x | "
-            f"{r['score']:.1f} | {pct(r['of_full'])} | {pct(r['identical'])} | "
+            + (f"{pct(r.get('sparse_density'))} | " if density else "")
+            + f"{r['score']:.1f} | {pct(r['of_full'])} | {pct(r['identical'])} | "
             f"{pct(r['token_agreement'])} |")
     return "\n".join(lines) + "\n"

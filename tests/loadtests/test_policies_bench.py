@@ -62,3 +62,30 @@ def test_sparse_runs_parse_with_dense_first_and_a_dense_repeat():
     with pytest.raises(ValueError, match="run parameters are :name=value"):
         sparse_runs("lsh:mass")
     assert runs[0].body()["cache_salt"] != runs[0].body()["cache_salt"]  # every prefill cold
+
+
+def test_sparse_summary_gives_speed_up_and_the_density_the_server_counted():
+    from loadtests.sparse import DENSE, sparse_markdown, sparse_summary
+
+    def timed(rec, ttft, attended=0, causal=0):
+        return {**rec, "ttft_s": ttft, "prompt_tokens": 4000, "pairs_attended": attended,
+                "pairs_causal": causal}
+
+    records = {DENSE: [timed(record("a", 4096, 1.0, [1]), 8.0),
+                       timed(record("b", 4096, 1.0, [2]), 2.0)],
+               "vertical_slash@0.2": [timed(record("a", 4096, 1.0, [1]), 4.0, 30, 100),
+                                      timed(record("b", 4096, 1.0, [3]), 2.0, 10, 100)]}
+    rows = {r["run"]: r for r in sparse_summary(records)}
+    sparse = rows["vertical_slash@0.2"]
+    assert sparse["ttft_speedup"] == pytest.approx(2 ** 0.5)  # geometric mean of 2x and 1x
+    assert sparse["sparse_density"] == pytest.approx(0.2)  # 40 of 200 pairs
+    assert "sparse_density" not in rows[DENSE]  # nothing went sparse
+    table = sparse_markdown(list(rows.values()), "t")
+    assert "| density of sparse chunks |" in table
+    assert ("| vertical_slash@0.2 | 4096 | 2 | 3.00 | 1500 | 1.41x | 20.0% | 100.0 | 100.0% "
+            "| 50.0% | 50.0% |") in table
+    assert "| dense | 4096 | 2 | 5.00 | 1250 | 1.00x | — | 100.0 | 100.0% | 100.0% |" in table
+    # the RAG bench's rows have no counts: no such column
+    for row in rows.values():
+        row.pop("sparse_density", None)
+    assert "density" not in sparse_markdown(list(rows.values()), "t")
