@@ -120,6 +120,7 @@ def test_mixed_batch_of_sparse_and_dense(server, auth, tokenizer):
 @pytest.mark.parametrize("attention,message", [
     ({"name": "sparse", "method": "hash"}, "unknown sparse method 'hash'"),
     ({"name": "sparse", "density": 1.5}, "density must be in (0, 1]"),
+    ({"name": "sparse", "mass": -0.1}, "mass must be in [0, 1]"),
     ({"name": "sparse", "block": 64}, "block is the KV cache's block size"),
     ({"name": "sparse", "columns": 64}, "columns"),
     ({"name": "dense", "density": 0.5}, "dense attention takes no parameters"),
