@@ -84,13 +84,14 @@ async def run_sparse(url: str, model: str, samples: list[Sample], runs: list[Att
     try:
         with tqdm(total=len(samples) * len(runs), desc="sparse", unit="request",
                   disable=not progress) as bar:
+            before = await _pairs(http)  # one request at a time: a read ends one, starts the next
             for i, sample in enumerate(samples):
                 for run in runs if i % 2 == 0 else runs[::-1]:
-                    before = await _pairs(http)
                     record = await _ask(client, model, sample, run.body(), stream=True)
                     after = await _pairs(http)
                     record["pairs_attended"], record["pairs_causal"] = (
                         b - a for a, b in zip(before, after))
+                    before = after
                     records[run.label].append(record)
                     bar.update()
     finally:

@@ -68,8 +68,8 @@ class PatternEstimator:
         block_scores, columns = self.scores(q, k, q_offset, scale)
         block_scores = block_scores.float()
         if self.config.mass > 0:  # select on shares, which average over a KV head's group
-            causal = causal_blocks(q_offset, q.shape[0], block_scores.shape[2],
-                                   self.config.block)
+            _, lasts = query_blocks(q_offset, q.shape[0], self.config.block)
+            causal = causal_blocks(lasts // self.config.block, block_scores.shape[2])
             block_scores = self.shares(block_scores, causal, scale)
         if per_kv_head:
             kv_heads = k.shape[1]
@@ -94,7 +94,7 @@ class PatternEstimator:
         starts, lasts = query_blocks(q_offset, n_q, block)
         last_block = lasts // block
         b = torch.arange(key_blocks)
-        causal = causal_blocks(q_offset, n_q, key_blocks, block)
+        causal = causal_blocks(last_block, key_blocks)
         forced = causal & ((b[None, :] < -(-cfg.sink // block))
                            | (b[None, :] >= ((starts - cfg.local).clamp(min=0) // block)[:, None]))
         budget = torch.maximum(forced.sum(1),
@@ -114,7 +114,7 @@ class PatternEstimator:
         return torch.where(chosen == key_blocks, -1, chosen)
 
 
-def causal_blocks(q_offset: int, n_q: int, key_blocks: int, block: int) -> torch.Tensor:
-    """(q_blocks, key_blocks) bool: the key blocks a query block may read (up to its own)."""
-    _, lasts = query_blocks(q_offset, n_q, block)
-    return torch.arange(key_blocks)[None, :] <= (lasts // block)[:, None]
+def causal_blocks(last_block: torch.Tensor, key_blocks: int) -> torch.Tensor:
+    """(q_blocks, key_blocks) bool: the key blocks each query block may read, up to its
+    own (`last_block`, from `query_blocks`' last positions)."""
+    return torch.arange(key_blocks)[None, :] <= last_block[:, None]
