@@ -41,6 +41,17 @@ def _kv_cache_bytes(settings: Settings) -> int | None:
     return CPU_DEFAULT_KV_CACHE if current_platform.is_cpu() else None
 
 
+def bf16_emulated(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this x86 CPU lacks native bf16 matmuls (neither AVX512-BF16 nor AMX-BF16):
+    there vLLM's CPU path runs bf16 layers several times slower than float32."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path(cpuinfo).open()
+                      if line.startswith("flags")), None)
+    except OSError:
+        return False
+    return flags is not None and not {"avx512_bf16", "amx_bf16"} & set(flags)
+
+
 def vllm_namespace(settings: Settings, model: str, name: str, extra: list[str]) -> Namespace:
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
@@ -73,6 +84,11 @@ def vllm_namespace(settings: Settings, model: str, name: str, extra: list[str]) 
     if settings.kv_policy != "full" and args.kv_cache_dtype not in ("auto", None):
         raise ValueError(f"--kv-policy {settings.kv_policy} needs the KV cache in the model's "
                          f"dtype, not --kv-cache-dtype {args.kv_cache_dtype}")
+    if (current_platform.is_cpu() and args.dtype in ("auto", "bfloat16")
+            and bf16_emulated()):
+        logger.warning("this CPU has no native bf16 (no avx512_bf16 or amx_bf16 flag): a bf16 "
+                       "model runs its matmuls emulated; on such a host --dtype float32 "
+                       "prefilled 4k-token prompts 2.4x faster (BENCHMARKS.md, issue 6)")
     if settings.attention == "sparse":
         if not current_platform.is_cpu():
             raise ValueError("--attention sparse runs on CPU engines only for now (its Triton "

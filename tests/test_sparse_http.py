@@ -69,6 +69,14 @@ def test_density_one_gives_the_dense_tokens(server, auth, tokenizer):
     assert counted["pairs_attended"] == counted["pairs_causal"] > 0
     assert sparse == dense
 
+    # at density 0.1 with the first 15 of 30 layers dense: those layers count every pair
+    before = sparse_counts(server, auth)
+    run(server, auth, body(sample, {"name": "sparse", "density": 0.1, "min_len": 1024,
+                                    "dense_layers": 15}))
+    counted = counted_since(server, auth, before)
+    assert counted["chunks"] == 2 * 30
+    assert 0.5 * counted["pairs_causal"] < counted["pairs_attended"] < counted["pairs_causal"]
+
 
 def test_default_sparse_finds_the_needle_at_7k(server, auth, tokenizer):
     for seed in (1, 2):
@@ -92,7 +100,8 @@ def test_sparse_chunk_after_a_prefix_cache_hit(server, auth, tokenizer):
     [dense] = run(server, auth, body(sample, salt=salt))
     hits = metric_value(metrics(server, auth), "vllm:prefix_cache_hits_total")
     before = sparse_counts(server, auth)
-    [sparse] = run(server, auth, body(sample, {"name": "sparse", "density": 1.0, "min_len": 1024}, salt=salt))
+    [sparse] = run(server, auth, body(sample, {"name": "sparse", "density": 1.0,
+                                               "min_len": 1024}, salt=salt))
     assert metric_value(metrics(server, auth), "vllm:prefix_cache_hits_total") - hits >= 2048
     counted = counted_since(server, auth, before)
     assert 0 < counted["tokens"] < 30 * 128  # only the uncached tail ran

@@ -11,7 +11,7 @@ import torch
 
 from attention_backends.sparse.config import SparseConfig
 from attention_backends.sparse.patterns import make_estimator
-from attention_backends.sparse.patterns.base import query_blocks
+from attention_backends.sparse.patterns.base import dense_pattern, query_blocks
 from kernels.sparse_attention import naive
 
 METHODS = ["vertical_slash", "block_topk", "lsh"]
@@ -59,6 +59,17 @@ def test_density_one_selects_every_block(method):
     pattern = make_estimator(SparseConfig(method=method, density=1.0, block=BLOCK)).estimate(
         q, k, 130, 0.2)
     assert pattern.density(q.shape[0]) == 1.0
+
+
+@pytest.mark.parametrize("n_keys,q_offset", [(500, 0), (500, 130), (500, 499)])
+def test_dense_pattern_is_every_causal_block(n_keys, q_offset):
+    """What a layer below `dense_layers` attends: every causal block, as density 1.0."""
+    q, k = random_qk(n_keys, q_offset)
+    full = make_estimator(SparseConfig(density=1.0, block=BLOCK)).estimate(
+        q, k, q_offset, 0.2, per_kv_head=True)
+    dense = dense_pattern(q_offset, q.shape[0], KV_HEADS, BLOCK)
+    assert torch.equal(dense.blocks, full.blocks) and dense.columns.shape == (KV_HEADS, 0)
+    assert dense.expand(HEADS).density(q.shape[0]) == 1.0
 
 
 def planted(kind: str, seed=1):
@@ -173,6 +184,8 @@ def test_config_errors_say_what_is_wrong():
         SparseConfig.from_dict({"desnity": 0.5})
     with pytest.raises(ValueError, match="min_len must be int"):
         SparseConfig(min_len="4k")
+    with pytest.raises(ValueError, match="dense_layers must be >= 0"):
+        SparseConfig(dense_layers=-1)
 
 
 # --- the CPU fast path: vLLM's kernel with per-query-block block tables -----------------

@@ -291,7 +291,8 @@ def _state(**settings):
     from argparse import Namespace
     from types import SimpleNamespace
 
-    return SimpleNamespace(settings=Settings(**settings), vllm_args=Namespace(kv_cache_dtype="auto"))
+    return SimpleNamespace(settings=Settings(**settings),
+                           vllm_args=Namespace(kv_cache_dtype="auto"))
 
 
 @pytest.mark.parametrize("server, requested, applied", [
@@ -370,3 +371,19 @@ def test_requests_without_max_tokens_get_the_default_and_others_what_they_ask():
     args = vllm_namespace(Settings(), "m", "m", [
         "--override-generation-config", '{"max_new_tokens": 7, "temperature": 0.5}'])
     assert args.override_generation_config == {"max_new_tokens": 7, "temperature": 0.5}
+
+
+def test_bf16_emulation_is_read_from_the_cpu_flags(tmp_path):
+    """The start-up hint towards --dtype float32 fires only on CPUs without bf16 matmuls."""
+    from server.engine import bf16_emulated
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n")
+    assert bf16_emulated(str(info))
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert not bf16_emulated(str(info))
+    info.write_text("processor\t: 0\nflags\t\t: fpu amx_bf16 amx_tile\n")
+    assert not bf16_emulated(str(info))
+    info.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")  # no x86 flags line
+    assert not bf16_emulated(str(info))
+    assert not bf16_emulated(str(tmp_path / "missing"))

@@ -24,13 +24,14 @@ class SparseConfig:
     head and query block, the best blocks until they hold `mass` of the estimated attention
     (FlexPrefill's cumulative-attention cut-off, arXiv:2502.20766), so diffuse heads read
     more and concentrated ones stay at `density`. Chunks whose sequence is shorter than
-    `min_len` run dense.
+    `min_len` run dense, and so do the first `dense_layers` decoder layers of every chunk.
     """
 
     method: str = "vertical_slash"
     density: float = 0.2
     mass: float = 0.0  # 0: off; else the estimated attention share each head must keep
     min_len: int = 3072  # tokens in the sequence (prefix + chunk); shorter runs dense
+    dense_layers: int = 0  # the first decoder layers, which attend densely
     block: int = 128  # tokens per query and key block; engines use their KV cache block
     sink: int = 64  # first tokens every query attends to (attention sinks)
     local: int = 512  # tokens before a query block that it always attends to
@@ -59,7 +60,7 @@ class SparseConfig:
         for name in ("min_len", "last_q", "tables", "bits"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("sink", "local", "columns"):
+        for name in ("sink", "local", "columns", "dense_layers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.bits > 16:

@@ -30,8 +30,9 @@ from attention_backends.policy_aware.cpu import (
 )
 from attention_backends.sparse.config import DEFAULT_ENV, SparseConfig
 from attention_backends.sparse.patterns import make_estimator
+from attention_backends.sparse.patterns.base import dense_pattern
 from attention_backends.sparse.stats import SPARSE_STATS
-from cache_policies.runtime import RUNTIME
+from cache_policies.runtime import RUNTIME, layer_index
 from kernels.sparse_attention import SparsePattern
 
 
@@ -136,9 +137,13 @@ class SparseCPUImpl(SharedKVDecodeImpl):
 
     def _sparse_prefill(self, layer, query, key, kv_cache, row: SparseRow, output) -> None:
         q = query[row.start: row.end]
-        pattern = make_estimator(row.config).estimate(
-            q, self._keys(layer, key, kv_cache, row), row.q_offset, self.scale, per_kv_head=True,
-            dense_tail=row.config.last_q if row.ends_prompt else 0)
+        if layer_index(layer) < row.config.dense_layers:
+            pattern = dense_pattern(row.q_offset, row.end - row.start, self.num_kv_heads,
+                                    row.config.block)
+        else:
+            pattern = make_estimator(row.config).estimate(
+                q, self._keys(layer, key, kv_cache, row), row.q_offset, self.scale,
+                per_kv_head=True, dense_tail=row.config.last_q if row.ends_prompt else 0)
         attended = paged_sparse_attention(
             q, kv_cache, row.table, pattern, self.scale, layer.isa, output[row.start: row.end],
             kv_cache_dtype=self.kv_cache_dtype, k_scale=layer._k_scale_float,

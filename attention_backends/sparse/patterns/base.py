@@ -114,6 +114,17 @@ class PatternEstimator:
         return torch.where(chosen == key_blocks, -1, chosen)
 
 
+def dense_pattern(q_offset: int, n_q: int, heads: int, block: int) -> SparsePattern:
+    """The pattern of dense causal attention: every query block reads every key block up
+    to its own."""
+    _, lasts = query_blocks(q_offset, n_q, block)
+    last_block = lasts // block
+    b = torch.arange(int(last_block[-1]) + 1)
+    blocks = torch.where(causal_blocks(last_block, len(b)), b, -1)
+    return SparsePattern(block, q_offset, blocks.expand(heads, -1, -1).clone(),
+                         torch.empty(heads, 0, dtype=torch.long))
+
+
 def causal_blocks(last_block: torch.Tensor, key_blocks: int) -> torch.Tensor:
     """(q_blocks, key_blocks) bool: the key blocks each query block may read, up to its
     own (`last_block`, from `query_blocks`' last positions)."""
