@@ -88,7 +88,7 @@ def vllm_namespace(settings: Settings, model: str, name: str, extra: list[str]) 
             and bf16_emulated()):
         logger.warning("this CPU has no native bf16 (no avx512_bf16 or amx_bf16 flag): a bf16 "
                        "model runs its matmuls emulated; on such a host --dtype float32 "
-                       "prefilled 4k-token prompts 2.4x faster (BENCHMARKS.md, issue 6)")
+                       "prefilled 4k-7k-token prompts 2.0-2.4x faster (BENCHMARKS.md, issue 6)")
     if settings.attention == "sparse":
         if not current_platform.is_cpu():
             raise ValueError("--attention sparse runs on CPU engines only for now (its Triton "
