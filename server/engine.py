@@ -45,8 +45,9 @@ def bf16_emulated(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this x86 CPU lacks native bf16 matmuls (neither AVX512-BF16 nor AMX-BF16):
     there vLLM's CPU path runs bf16 layers several times slower than float32."""
     try:
-        flags = next((line.split(":", 1)[1].split() for line in Path(cpuinfo).open()
-                      if line.startswith("flags")), None)
+        with Path(cpuinfo).open() as lines:
+            flags = next((line.split(":", 1)[1].split() for line in lines
+                          if line.startswith("flags")), None)
     except OSError:
         return False
     return flags is not None and not {"avx512_bf16", "amx_bf16"} & set(flags)
