@@ -12,6 +12,8 @@ from pathlib import Path
 
 from loadtests import report
 
+LOAD_WAIT_S = 900  # how long a bench waits for a server that is still loading its model
+
 
 def _common(p: argparse.ArgumentParser, url: bool = True) -> None:
     if url:
@@ -61,8 +63,21 @@ def _server_model(url: str, api_key: str | None) -> tuple[str, str]:
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    first = httpx.get(url.rstrip("/") + "/v1/models", headers=headers, timeout=30).json()["data"][0]
-    return first["id"], first.get("root") or first["id"]
+    deadline = time.monotonic() + LOAD_WAIT_S
+    while True:
+        try:
+            reply = httpx.get(url.rstrip("/") + "/v1/models", headers=headers, timeout=30)
+        except httpx.TransportError as exc:
+            raise SystemExit(f"bench: cannot reach {url}: {exc}") from None
+        if reply.status_code == 503 and time.monotonic() < deadline:
+            # the server answers 503 with Retry-After while the engine loads
+            time.sleep(float(reply.headers.get("Retry-After", 5)))
+            continue
+        if reply.status_code != 200:
+            raise SystemExit(f"bench: GET {url}/v1/models answered {reply.status_code}: "
+                             f"{reply.text[:300]}")
+        first = reply.json()["data"][0]
+        return first["id"], first.get("root") or first["id"]
 
 
 def _tokenizer(args, root: str):
