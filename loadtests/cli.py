@@ -173,12 +173,22 @@ def load(args, url: str | None = None, label: str | None = None) -> list[dict]:
     return results
 
 
+def _parsed_runs(args, parse, *spec):
+    """The runs a bench's arguments name, parsed before any model or prompt is loaded; a
+    mistake ends the bench with what was wrong, not a traceback."""
+    try:
+        return parse(*spec)
+    except ValueError as exc:
+        raise SystemExit(f"bench {args.bench}: {exc}") from None
+
+
 def policies(args) -> dict:
     from loadtests.policies import matrix_markdown, matrix_summary, parse_runs, run_matrix
 
+    runs = _parsed_runs(args, parse_runs, args.policies, args.budgets)
     model, samples = _task_samples(args)
     records = asyncio.run(run_matrix(
-        args.url, model, samples, parse_runs(args.policies, args.budgets),
+        args.url, model, samples, runs,
         concurrency=int(args.concurrency), api_key=args.api_key, progress=not args.no_progress))
     rows = matrix_summary(records)
     return _write_matrix(args, "policies", model, samples,
@@ -189,9 +199,9 @@ def policies(args) -> dict:
 def sparse(args) -> dict:
     from loadtests.sparse import parse_runs, run_sparse, sparse_markdown, sparse_summary
 
+    runs = _parsed_runs(args, parse_runs, args.runs, args.sparse_config)
     model, samples = _task_samples(args)
-    records = asyncio.run(run_sparse(args.url, model, samples,
-                                     parse_runs(args.runs, args.sparse_config),
+    records = asyncio.run(run_sparse(args.url, model, samples, runs,
                                      api_key=args.api_key, progress=not args.no_progress))
     rows = sparse_summary(records)
     return _write_matrix(args, "sparse", model, samples,
@@ -211,10 +221,11 @@ def rag(args) -> dict:
     from loadtests.rag import ALL, parse_rag_runs, run_rag
     from loadtests.sparse import sparse_markdown, sparse_summary
 
+    runs = _parsed_runs(args, parse_rag_runs, args.runs)
     model, root = _server_model(args.url, args.api_key)
     samples = _multidoc_samples(args, root)
     records = asyncio.run(run_rag(args.url, args.model or model, samples,
-                                  parse_rag_runs(args.runs), api_key=args.api_key,
+                                  runs, api_key=args.api_key,
                                   progress=not args.no_progress))
     rows = sparse_summary(records, reference=ALL)
     args.tasks = "multidoc_qa"
@@ -258,10 +269,11 @@ def capacity(args) -> list[dict]:
     from loadtests.capacity import capacity_markdown, run_capacity
     from loadtests.policies import parse_runs
 
+    runs = _parsed_runs(args, parse_runs, args.policies, args.budgets)
     model, root = _server_model(args.url, args.api_key)
     rows = asyncio.run(run_capacity(
         args.url, args.model or model, _tokenizer(args, root),
-        parse_runs(args.policies, args.budgets), num_requests=args.num_requests,
+        runs, num_requests=args.num_requests,
         prompt_len=args.prompt_len, output_len=args.output_len,
         concurrency=args.concurrency, seed=args.seed, api_key=args.api_key,
         shared_document=args.shared_document, progress=not args.no_progress))

@@ -38,7 +38,11 @@ def parse_runs(policies: str, budgets: str | None) -> list[PolicyRun]:
     A policy that keeps every entry (`kivi4`) runs once, without a budget."""
     from cache_policies.registry import policy_class
 
-    parsed = [float(b) if "." in b else int(b) for b in budgets.split(",")] if budgets else []
+    try:
+        parsed = [float(b) if "." in b else int(b) for b in budgets.split(",")] if budgets else []
+    except ValueError:
+        raise ValueError(f"--budgets {budgets!r}: give ratios (0.35) or token counts (512), "
+                         "comma-separated") from None
     runs = []
     for name in policies.split(","):
         if not policy_class(name).takes_budget:

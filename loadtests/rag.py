@@ -28,10 +28,14 @@ def parse_rag_runs(spec: str) -> list[dict]:
     """`drop@0.1,extractive@0.1/64` -> RAG options (MODE@EXPAND_SHARE[/CHUNK_TOKENS])."""
     runs = []
     for item in spec.split(","):
-        item, _, chunk = item.partition("/")
-        mode, _, expand = item.partition("@")
-        runs.append({"mode": mode, **({"expand": float(expand)} if expand else {}),
-                     **({"chunk_tokens": int(chunk)} if chunk else {})})
+        head, _, chunk = item.partition("/")
+        mode, _, expand = head.partition("@")
+        try:
+            runs.append({"mode": mode, **({"expand": float(expand)} if expand else {}),
+                         **({"chunk_tokens": int(chunk)} if chunk else {})})
+        except ValueError:
+            raise ValueError(f"{item!r}: runs are MODE@EXPAND_SHARE[/CHUNK_TOKENS], with a "
+                             "number after @ and a token count after /") from None
     return runs
 
 

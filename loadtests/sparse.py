@@ -34,6 +34,13 @@ class AttentionRun:
 DENSE_AGAIN = "dense (again)"
 
 
+def _number(item: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{item!r}: the density after @ must be a number, got {text!r}") from None
+
+
 def parse_runs(spec: str, extra: dict | None = None) -> list[AttentionRun]:
     """`vertical_slash@0.2,lsh@0.3:mass=0.9` -> sparse runs (method@density, then the run's
     own parameters as :name=value), `extra` parameters added to each; the dense run first.
@@ -48,12 +55,15 @@ def parse_runs(spec: str, extra: dict | None = None) -> list[AttentionRun]:
             continue
         attention = {"name": "sparse", "method": method, **(extra or {})}
         if density:
-            attention["density"] = float(density)
+            attention["density"] = _number(item, density)
         for setting in own:
             name, eq, value = setting.partition("=")
             if not eq:
                 raise ValueError(f"{item!r}: run parameters are :name=value, got {setting!r}")
-            attention[name] = json.loads(value)
+            try:  # numbers, booleans and JSON as JSON; a bare word as the string it is
+                attention[name] = json.loads(value)
+            except json.JSONDecodeError:
+                attention[name] = value
         runs.append(AttentionRun(item, attention))
     return runs
 

@@ -15,6 +15,25 @@ def test_parse_runs_is_the_cartesian_product_with_typed_budgets():
     assert FULL.body() == {"kv_policy": {"name": "full", "budget": None}}
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["policies", "--policies", "snapkv", "--budgets", "0.5,half"],
+     "bench policies: --budgets '0.5,half': give ratios"),
+    (["policies", "--policies", "snapkvv", "--budgets", "0.5"],
+     "bench policies: unknown kv_policy 'snapkvv'; valid names: "),
+    (["sparse", "--runs", "lsh@dense"], "bench sparse: 'lsh@dense': the density after @"),
+    (["rag", "--runs", "drop@0.1/wide"], "bench rag: 'drop@0.1/wide': runs are MODE@"),
+    (["capacity", "--policies", "chunkkv", "--budgets", "0.35,0..2"],
+     "bench capacity: --budgets '0.35,0..2'"),
+])
+def test_a_mistaken_run_list_ends_the_bench_before_any_request(argv, message):
+    from loadtests import cli
+
+    # nothing listens on port 9: a bench that went on to ask the server would say so instead
+    with pytest.raises(SystemExit) as stop:
+        cli.main([argv[0], "--url", "http://127.0.0.1:9", *argv[1:], "--out", "/nonexistent"])
+    assert str(stop.value).startswith(message)
+
+
 def record(id_, length, score, tokens):
     return {"id": id_, "task": "t", "length": length, "score": score, "tokens": tokens,
             "error": None}
@@ -61,6 +80,11 @@ def test_sparse_runs_parse_with_dense_first_and_a_dense_repeat():
                                  "density": 0.1, "mass": 0.9, "local": 256}
     with pytest.raises(ValueError, match="run parameters are :name=value"):
         sparse_runs("lsh:mass")
+    with pytest.raises(ValueError, match="density after @ must be a number, got 'x'"):
+        sparse_runs("lsh@x")
+    # a bare word is the string it is (JSON would refuse it); numbers and booleans typed
+    assert sparse_runs("lsh:pattern=fast:exact=true")[1].attention == {
+        "name": "sparse", "method": "lsh", "pattern": "fast", "exact": True}
     assert runs[0].body()["cache_salt"] != runs[0].body()["cache_salt"]  # every prefill cold
 
 
