@@ -107,8 +107,8 @@ def _serve(args: argparse.Namespace, vllm_extra: list[str]) -> int:
         return 2
     from server.engine import vllm_namespace
 
-    try:  # a mistyped vLLM flag fails here, before anything loads
-        vllm_namespace(settings, "model", "name", vllm_extra)
+    try:  # a mistyped vLLM flag fails here, before anything loads (hints: when it loads)
+        vllm_namespace(settings, "model", "name", vllm_extra, hints=False)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
     except ValueError as exc:  # flags that contradict each other

@@ -53,7 +53,8 @@ def bf16_emulated(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return flags is not None and not {"avx512_bf16", "amx_bf16"} & set(flags)
 
 
-def vllm_namespace(settings: Settings, model: str, name: str, extra: list[str]) -> Namespace:
+def vllm_namespace(settings: Settings, model: str, name: str, extra: list[str],
+                   hints: bool = True) -> Namespace:
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -85,7 +86,7 @@ def vllm_namespace(settings: Settings, model: str, name: str, extra: list[str]) 
     if settings.kv_policy != "full" and args.kv_cache_dtype not in ("auto", None):
         raise ValueError(f"--kv-policy {settings.kv_policy} needs the KV cache in the model's "
                          f"dtype, not --kv-cache-dtype {args.kv_cache_dtype}")
-    if (current_platform.is_cpu() and args.dtype in ("auto", "bfloat16")
+    if (hints and current_platform.is_cpu() and args.dtype in ("auto", "bfloat16")
             and bf16_emulated()):
         logger.warning("this CPU has no native bf16 (no avx512_bf16 or amx_bf16 flag): a bf16 "
                        "model runs its matmuls emulated; on such a host --dtype float32 "

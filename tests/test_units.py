@@ -387,3 +387,25 @@ def test_bf16_emulation_is_read_from_the_cpu_flags(tmp_path):
     info.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")  # no x86 flags line
     assert not bf16_emulated(str(info))
     assert not bf16_emulated(str(tmp_path / "missing"))
+
+
+def test_bf16_hint_is_logged_once_per_serve(monkeypatch, caplog, capsys):
+    """`longserve serve` checks its flags before the app builds the same namespace again:
+    only the second build (the one that loads the model) gives the hint."""
+    from server import app, cli, engine
+
+    class Loaded(Exception):
+        pass
+
+    def build_app(settings, vllm_extra):  # what the app does first, then stop
+        built.append(engine.vllm_namespace(settings, "m", "m", vllm_extra))
+        raise Loaded
+
+    built = []
+    monkeypatch.setattr(engine, "bf16_emulated", lambda: True)
+    monkeypatch.setattr(app, "build_app", build_app)
+    with caplog.at_level("WARNING", logger="server.engine"), pytest.raises(Loaded):
+        cli.main(["serve", "--dtype", "bfloat16"])
+    hints = [r for r in caplog.records if "no native bf16" in r.getMessage()]
+    assert built and len(hints) == 1
+    assert "no native bf16" not in capsys.readouterr().err
