@@ -102,12 +102,14 @@ class PatternEstimator:
         budget = torch.where(lasts >= q_offset + n_q - dense_tail, last_block + 1, budget)
         budget = budget.expand(scores.shape[0], -1)  # (heads, q_blocks)
         ranked = scores.masked_fill(forced, float("inf")).masked_fill(~causal, float("-inf"))
-        if cfg.mass > 0:
+        if cfg.mass > 0:  # the whole ranking is needed: its prefix is the top k as well
             order = ranked.sort(dim=2, descending=True).indices
             held = scores.masked_fill(~causal, 0).gather(2, order).cumsum(2)
             needed = (held < cfg.mass - 1e-6).sum(2) + 1  # blocks until `mass` is held
             budget = torch.minimum(torch.maximum(budget, needed), last_block + 1)
-        top = ranked.topk(int(budget.max()), dim=2).indices  # (heads, q_blocks, k)
+            top = order[..., :int(budget.max())]
+        else:
+            top = ranked.topk(int(budget.max()), dim=2).indices  # (heads, q_blocks, k)
         keep = torch.arange(top.shape[2]) < budget[..., None]
         chosen = torch.where(keep, top, key_blocks)  # past-the-end sorts last
         chosen = chosen.sort(dim=2).values
