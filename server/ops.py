@@ -7,6 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.responses import JSONResponse, Response
 
 from cache_policies.registry import policy_names
+from server import metrics
 from server.context.registry import strategy_names
 from server.engine import deployment_attention
 from server.state import Phase, afd_problem, serving_or_503
@@ -32,8 +33,12 @@ async def ready(request: Request):
 
 
 @router.get("/metrics")
-async def prometheus_metrics():
-    """vLLM's `vllm:*` metrics and longserve's `longserve_*`, Prometheus text format."""
+async def prometheus_metrics(request: Request):
+    """vLLM's `vllm:*` metrics and longserve's `longserve_*`, Prometheus text format.
+    `longserve_ready` says what /ready says at the moment of the scrape (an AFD attention
+    server whose FFN workers are gone is not ready, though its engine is loaded)."""
+    state = request.app.state
+    metrics.READY.set(1 if state.phase is Phase.READY and afd_problem(state) is None else 0)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 

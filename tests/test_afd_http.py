@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from loadtests.servers import BIN, free_port
+from tests.conftest import metric_value
 
 pytestmark = pytest.mark.engine
 
@@ -107,12 +108,14 @@ def test_a_restarted_worker_rejoins_running_servers(afd):
         time.sleep(0.2)
     body = httpx.get(url + "/ready").json()
     assert body["status"] == "ffn-unavailable" and "shard 0/1" in body["detail"]
+    assert metric_value(httpx.get(url + "/metrics").text, "longserve_ready") == 0
     refused = httpx.post(url + "/v1/completions", json={"prompt": "hi", "max_tokens": 2})
     assert refused.status_code == 503 and refused.headers["retry-after"]
     worker.start()
     for srv in (servers["afd1"], servers["afd2"]):
         srv.wait_ready(timeout=30)
         assert chat(srv.url, PROMPTS[0]) == chat(servers["mono"].url, PROMPTS[0])
+    assert metric_value(httpx.get(url + "/metrics").text, "longserve_ready") == 1
 
 
 def test_a_worker_killed_mid_stream_fails_the_stream_not_hangs(afd):
