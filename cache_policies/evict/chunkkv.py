@@ -3,7 +3,10 @@ consecutive tokens, scored by the attention the observation window pays to the c
 so that a fact survives as a unit rather than as its most-attended tokens (a number
 keeps all its digits). Scores as in SnapKV, summed per chunk instead of max-pooled, and
 averaged over the layer's KV heads so that every head keeps the same chunks (as TOVA's
-head-shared choice, which beat per-head choices on the default model; BENCHMARKS.md)."""
+head-shared choice, which beat per-head choices on the default model; BENCHMARKS.md).
+Chunks are 32 tokens, about one needle sentence: at 4k tokens and a 0.35 budget they kept
+88-92% of the full-cache score where 16-token chunks kept 81% (two sample sets; BENCHMARKS
+issue 4, section 1c)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from cache_policies.base import PolicyInputs, ScorerPolicy, protect_last, window
 class ChunkKV(ScorerPolicy):
     name = "chunkkv"
     window = 32
-    chunk = 16
+    chunk = 32
 
     def score(self, x: PolicyInputs) -> torch.Tensor:
         votes = window_votes(x).mean(dim=0, keepdim=True)

@@ -60,7 +60,7 @@ def snapkv(x, kernel: int = 7) -> list[list[int]]:
     return kept
 
 
-def chunkkv(x, chunk: int = 16) -> list[list[int]]:
+def chunkkv(x, chunk: int) -> list[list[int]]:
     kv_heads = x.keys.shape[0]
     per_head = [window_votes(x, h) for h in range(kv_heads)]
     votes = [sum(v[p] for v in per_head) / kv_heads for p in range(x.region)]
