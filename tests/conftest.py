@@ -7,6 +7,8 @@ import pytest
 
 from loadtests.servers import ServerProcess, longserve
 
+pytest_plugins = ["tests.report_fallback"]
+
 API_KEY = "test-key-7c1e"
 # Limits of the shared server, small enough for the limit tests to reach them.
 MAX_NUM_SEQS = 4
@@ -49,8 +51,16 @@ def redis_url(tmp_path_factory):
         proc.wait(timeout=10)
 
 
-def longserve_eager(log_path, *extra: str) -> ServerProcess:
-    return longserve(log_path, "--enforce-eager", *extra)
+def longserve_eager(log_path, *extra: str, env: dict | None = None) -> ServerProcess:
+    return longserve(log_path, "--enforce-eager", *extra, env=env)
+
+
+def last_core() -> dict[str, str]:
+    """Environment that binds a second server's engine to the last CPU core: vLLM's CPU
+    worker binds to core 0 by default, so two servers asked at once would share it."""
+    import os
+
+    return {"VLLM_CPU_OMP_THREADS_BIND": str(max(os.sched_getaffinity(0)))}
 
 
 @pytest.fixture(scope="session")

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 import torch
 
 from cache_policies.offload import HostStore, RedisStore
-from tests.conftest import longserve_eager, metric_value
+from tests.conftest import last_core, longserve_eager, metric_value
 from tests.test_kv_policies_http import (
     LONG_RUN,
     blocks_of,
@@ -21,6 +22,7 @@ from tests.test_kv_policies_http import (
     run,
     sample_while_streaming,
 )
+from tests.test_limits_http import wait_engine_idle
 
 BLOCK = 128
 
@@ -48,7 +50,8 @@ def test_blocks_come_back_byte_identical(tier, redis_url):
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory, redis_url):
     srv = longserve_eager(tmp_path_factory.mktemp("offload") / "longserve.log",
-                          "--kv-offload", redis_url, "--kv-cache-memory", "256MiB").start()
+                          "--kv-offload", redis_url, "--kv-cache-memory", "256MiB",
+                          env=last_core()).start()
     try:
         yield srv.wait_ready()
     finally:
@@ -70,8 +73,11 @@ def test_retrieval_offloads_to_redis_and_answers_as_with_the_host_tier(
     sample = build_sample("niah_single", 1600, 3, 17,
                           AutoTokenizer.from_pretrained(str(prepare()[0])))
     policy = {"name": "quest", "budget": 0.25}
-    [on_host] = run(server, auth, body(sample, policy, salt=uuid.uuid4().hex))
-    [on_redis] = run(redis_server, {}, body(sample, policy, salt=uuid.uuid4().hex))
+    wait_engine_idle(server, auth, timeout=120)  # alone in its batch, as on the Redis server
+    with ThreadPoolExecutor(2) as pool:  # the two servers' engines run on different cores
+        host = pool.submit(run, server, auth, body(sample, policy, salt=uuid.uuid4().hex))
+        [on_redis] = run(redis_server, {}, body(sample, policy, salt=uuid.uuid4().hex))
+        [on_host] = host.result()
     assert on_redis == on_host
 
     client = redis.Redis.from_url(redis_url)
