@@ -20,11 +20,14 @@ class ChunkKV(ScorerPolicy):
     name = "chunkkv"
     window = 32
     chunk = 32
+    reach = 0  # the first `reach` tokens after a chunk score at least as the chunk does
 
     def score(self, x: PolicyInputs) -> torch.Tensor:
         votes = window_votes(x).mean(dim=0, keepdim=True)
         pad = -x.region % self.chunk
         chunks = F.pad(votes, (0, pad)).view(1, -1, self.chunk).sum(dim=-1)
         scores = chunks.repeat_interleave(self.chunk, dim=1)[:, : x.region]
+        if self.reach:
+            scores = torch.maximum(scores, F.pad(scores, (self.reach, 0))[:, : x.region])
         scores = scores.expand(x.keys.shape[0], -1).contiguous()
         return protect_last(scores, x, x.queries.shape[1])

@@ -60,12 +60,13 @@ def snapkv(x, kernel: int = 7) -> list[list[int]]:
     return kept
 
 
-def chunkkv(x, chunk: int) -> list[list[int]]:
+def chunkkv(x, chunk: int, reach: int = 0) -> list[list[int]]:
     kv_heads = x.keys.shape[0]
     per_head = [window_votes(x, h) for h in range(kv_heads)]
     votes = [sum(v[p] for v in per_head) / kv_heads for p in range(x.region)]
     scores = [sum(votes[c: c + chunk]) for c in range(0, x.region, chunk)]
-    per_token = [scores[p // chunk] for p in range(x.region)]
+    per_token = [max(scores[p // chunk], scores[(p - reach) // chunk] if p >= reach else 0.0)
+                 for p in range(x.region)]
     for p in protected(x, x.queries.shape[1]):
         per_token[p] = math.inf
     return [best(per_token, x.keep)] * kv_heads

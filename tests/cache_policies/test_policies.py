@@ -32,13 +32,16 @@ def policy(name):
     return make_policy(make_config(name, 0.5))
 
 
-@pytest.mark.parametrize("name", ["streaming", "snapkv", "h2o", "tova", "chunkkv"])
+@pytest.mark.parametrize("name", ["streaming", "snapkv", "h2o", "tova", "chunkkv",
+                                  "chunkkv-reach"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_evict_policy_keeps_what_its_paper_keeps(name, seed):
-    pol = policy(name)
+    pol = policy(name.removesuffix("-reach"))
     params = {}
-    if name == "chunkkv":  # the served chunk would cut the test's 40-token region in two
+    if name.startswith("chunkkv"):  # the served chunk would cut the 40-token region in two
         pol.chunk = params["chunk"] = 8
+        pol.reach = params["reach"] = 3 if name.endswith("-reach") else 0
+        name = "chunkkv"
     x = inputs(pol, seed)
     kept = pol.compress(x)
     assert kept.indices.tolist() == getattr(reference, name)(x, **params)
