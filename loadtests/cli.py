@@ -59,6 +59,27 @@ def _load_args(p: argparse.ArgumentParser, concurrency: bool = True) -> None:
     p.add_argument("--tpot-slo", type=float, help="goodput SLO: TPOT seconds")
 
 
+def retry_after_s(value: str | None, default: float = 5.0) -> float:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP date (RFC 9110),
+    held between 0 and 60 s; `default` when it is missing or unreadable."""
+    from datetime import datetime, timezone
+    from email.utils import parsedate_to_datetime
+
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return default
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - datetime.now(timezone.utc)).total_seconds()
+    return min(max(seconds, 0.0), 60.0) if seconds == seconds else default
+
+
 def _server_model(url: str, api_key: str | None) -> tuple[str, str]:
     import httpx
 
@@ -71,7 +92,7 @@ def _server_model(url: str, api_key: str | None) -> tuple[str, str]:
             raise SystemExit(f"bench: cannot reach {url}: {exc}") from None
         if reply.status_code == 503 and time.monotonic() < deadline:
             # the server answers 503 with Retry-After while the engine loads
-            time.sleep(float(reply.headers.get("Retry-After", 5)))
+            time.sleep(retry_after_s(reply.headers.get("Retry-After")))
             continue
         if reply.status_code != 200:
             raise SystemExit(f"bench: GET {url}/v1/models answered {reply.status_code}: "

@@ -76,3 +76,17 @@ def test_bench_says_when_nothing_listens():
     httpd.server_close()
     with pytest.raises(SystemExit, match="cannot reach"):
         cli._server_model(url, None)
+
+
+def test_retry_after_is_seconds_or_a_date():
+    from datetime import datetime, timedelta, timezone
+    from email.utils import format_datetime
+
+    assert cli.retry_after_s("3") == 3.0
+    assert cli.retry_after_s("0") == 0.0
+    assert cli.retry_after_s(None) == 5.0
+    assert cli.retry_after_s("soon") == 5.0 and cli.retry_after_s("nan") == 5.0
+    assert cli.retry_after_s("-4") == 0.0 and cli.retry_after_s("86400") == 60.0
+    later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=20), usegmt=True)
+    assert 18 <= cli.retry_after_s(later) <= 20
+    assert cli.retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # already past
