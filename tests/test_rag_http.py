@@ -169,7 +169,7 @@ def small(tmp_path_factory, redis_url, server, word_tokens):
 @pytest.fixture(scope="module")
 def small_client(small):
     return openai.OpenAI(base_url=small.url + "/v1", api_key=API_KEY, max_retries=0,
-                         timeout=300)
+                         timeout=540)  # chain-of-agents makes many calls; pytest stops at 600
 
 
 def long_messages(needle_at: int) -> list[dict]:
