@@ -62,6 +62,7 @@ def _load_args(p: argparse.ArgumentParser, concurrency: bool = True) -> None:
 def retry_after_s(value: str | None, default: float = 5.0) -> float:
     """Seconds to wait from a Retry-After header: delay-seconds or an HTTP date (RFC 9110),
     held between 0 and 60 s; `default` when it is missing or unreadable."""
+    import math
     from datetime import datetime, timezone
     from email.utils import parsedate_to_datetime
 
@@ -77,7 +78,7 @@ def retry_after_s(value: str | None, default: float = 5.0) -> float:
         if when.tzinfo is None:
             when = when.replace(tzinfo=timezone.utc)
         seconds = (when - datetime.now(timezone.utc)).total_seconds()
-    return min(max(seconds, 0.0), 60.0) if seconds == seconds else default
+    return default if math.isnan(seconds) else min(max(seconds, 0.0), 60.0)
 
 
 def _server_model(url: str, api_key: str | None) -> tuple[str, str]:
