@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from loadtests.servers import stock_vllm as stock_vllm_server
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, FLOAT32
 
 pytestmark = pytest.mark.engine
 
@@ -29,7 +29,7 @@ def stock_vllm(server, auth, tmp_path_factory):
     srv = stock_vllm_server(
         tmp_path_factory.mktemp("stock") / "vllm.log",
         "--model", info["model"], "--served-model-name", info["served_model_name"],
-        "--enforce-eager", "--kv-cache-memory-bytes", str(info["kv_cache_memory_bytes"]),
+        "--enforce-eager", *FLOAT32, "--kv-cache-memory-bytes", str(info["kv_cache_memory_bytes"]),
         "--max-num-seqs", str(info["max_num_seqs"]),
     ).start()
     try:

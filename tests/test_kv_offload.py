@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cache_policies.offload import HostStore, RedisStore
-from tests.conftest import last_core, longserve_eager, metric_value
+from tests.conftest import FLOAT32, last_core, longserve_eager, metric_value
 from tests.test_kv_policies_http import (
     LONG_RUN,
     blocks_of,
@@ -50,7 +50,7 @@ def test_blocks_come_back_byte_identical(tier, redis_url):
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory, redis_url):
     srv = longserve_eager(tmp_path_factory.mktemp("offload") / "longserve.log",
-                          "--kv-offload", redis_url, "--kv-cache-memory", "256MiB",
+                          *FLOAT32, "--kv-offload", redis_url, "--kv-cache-memory", "512MiB",
                           env=last_core()).start()
     try:
         yield srv.wait_ready()

@@ -223,7 +223,7 @@ def test_cskv_packs_features_and_answers_as_the_full_cache(server, auth, needle_
                       json=body(sample, salt=uuid.uuid4().hex)).json()["choices"][0]["message"]
     assert sample.answers[0] in full["content"]
     groups = sample.prompt_tokens // BLOCK - 1  # the full blocks before the one being written
-    block = BLOCK * 2 * 64 * 2  # bytes per KV head of one bf16 block
+    block = BLOCK * 2 * 64 * 4  # bytes per KV head of one float32 block (conftest)
     for name, bits in (("cskv8", 8), ("cskv4", 4)):
         before = metric_value(metrics(server, auth), "longserve_kv_blocks_freed_total", policy=name)
         resp = httpx.post(server.url + "/v1/chat/completions", headers=auth, timeout=120,

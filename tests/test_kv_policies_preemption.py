@@ -15,20 +15,21 @@ import httpx
 
 import pytest
 
-from tests.conftest import longserve_eager, metric_value
+from tests.conftest import FLOAT32, longserve_eager, metric_value
 from tests.test_kv_policies_http import body, metrics, run, tokens
 
 pytestmark = pytest.mark.engine
 
-# 11 blocks of 128 tokens for this model (23 KiB of KV per token): the two `full` requests
-# alone need 12 by their end, so preemption happens whatever the compressed ones do;
-# a compressed request fits only once its policy has run (900 + 300 tokens: 10 blocks).
-KV_MEMORY = "32MiB"
+# 11 blocks of 128 tokens for this model in float32 (46 KiB of KV per token): the two
+# `full` requests alone need 12 by their end, so preemption happens whatever the
+# compressed ones do; a compressed request fits only once its policy has run
+# (900 + 300 tokens: 10 blocks).
+KV_MEMORY = "64MiB"
 
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory):
-    srv = longserve_eager(tmp_path_factory.mktemp("small") / "longserve.log",
+    srv = longserve_eager(tmp_path_factory.mktemp("small") / "longserve.log", *FLOAT32,
                           "--kv-cache-memory", KV_MEMORY, "--max-model-len", "1280",
                           "--max-num-seqs", "8").start()
     try:

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from loadtests.haystack import sentences
-from tests.conftest import API_KEY, RAG_MAX_TOKENS, longserve_eager, metric_value
+from tests.conftest import API_KEY, FLOAT32, RAG_MAX_TOKENS, longserve_eager, metric_value
 
 pytestmark = pytest.mark.engine
 
@@ -156,8 +156,8 @@ def word_tokens(tmp_path_factory):
 @pytest.fixture(scope="module")
 def small(tmp_path_factory, redis_url, server, word_tokens):
     srv = longserve_eager(tmp_path_factory.mktemp("small") / "longserve.log",
-                          "--api-key", API_KEY, "--max-model-len", str(WINDOW),
-                          "--kv-cache-memory", "256MiB", "--chunk-store", redis_url,
+                          *FLOAT32, "--api-key", API_KEY, "--max-model-len", str(WINDOW),
+                          "--kv-cache-memory", "512MiB", "--chunk-store", redis_url,
                           "--rag-projection", str(word_tokens[0]),
                           "--default-max-tokens", "24").start()
     try:
