@@ -17,11 +17,11 @@ MAX_REQUEST_BYTES = 1 << 20
 KV_RECOMPRESS_EVERY = 256
 RAG_MAX_TOKENS = 20000
 # The engine test servers compute in float32. Many CPUs these tests run on lack native
-# bf16 (no avx512_bf16), and there vLLM emulates it: prefill is 2-6x slower than in
-# float32, so in bf16 the suite's time would depend on the host it lands on. KV memory
-# sizes are set for float32's 46 KiB of KV per token of the default model (bf16: 23 KiB).
-# The servers of test_lifecycle and test_admission_http keep the model's bf16 (short
-# prompts), so the served default dtype is still exercised end to end.
+# bf16 (no avx512_bf16); there vLLM emulates it and prefills 2.0-2.4x slower than in
+# float32 (BENCHMARKS.md, issue 6), so in bf16 the suite's time depends on the host.
+# KV memory sizes are set for float32's 46 KiB of KV per token of the default model
+# (bf16: 23 KiB). The servers of test_lifecycle and test_admission_http keep the model's
+# bf16 (short prompts), so the served default dtype is still exercised end to end.
 FLOAT32 = ("--dtype", "float32")
 
 
