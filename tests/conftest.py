@@ -7,7 +7,7 @@ import pytest
 
 from loadtests.servers import ServerProcess, longserve
 
-pytest_plugins = ["tests.report_fallback"]
+pytest_plugins = ["tests.report_fallback", "tests.report_early"]
 
 API_KEY = "test-key-7c1e"
 # Limits of the shared server, small enough for the limit tests to reach them.
@@ -104,6 +104,16 @@ def server(tmp_path_factory, cskv_artifact) -> ServerProcess:
 
 
 @pytest.fixture(scope="session")
+def tokenizer():
+    """The default model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from server.model_store import prepare
+
+    return AutoTokenizer.from_pretrained(str(prepare()[0]))
+
+
+@pytest.fixture(scope="session")
 def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {API_KEY}"}
 
@@ -146,7 +156,7 @@ def serve_random_checkpoint(tmp_path_factory, name: str, build, chunk: int):
     in float32 with prefill chunked at `chunk` tokens; yields (server, model directory)."""
     model_dir = build(tmp_path_factory.mktemp(name))
     srv = longserve_eager(tmp_path_factory.mktemp(f"{name}-log") / "longserve.log",
-                          "--model", str(model_dir), "--dtype", "float32",
+                          "--model", str(model_dir), *FLOAT32,
                           "--max-num-batched-tokens", str(chunk), "--max-num-seqs", "4",
                           "--kv-cache-memory", "256MiB").start()
     try:

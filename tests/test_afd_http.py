@@ -20,12 +20,12 @@ import httpx
 import pytest
 
 from loadtests.servers import BIN, free_port
-from tests.conftest import metric_value
+from tests.conftest import FLOAT32, metric_value
 
 pytestmark = pytest.mark.engine
 
 TIMEOUT = 4.0  # --afd-timeout
-COMMON = ("--dtype", "float32", "--kv-cache-memory", "512MiB", "--max-num-seqs", "4")
+COMMON = (*FLOAT32, "--kv-cache-memory", "512MiB", "--max-num-seqs", "4")
 PROMPTS = ["The capital of France is", "Once upon a time",
            "1, 2, 3, 4,"]
 

@@ -25,15 +25,6 @@ QUESTION = "What is the archive code of the Golden Falcon Works?"
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from server.model_store import prepare
-
-    return AutoTokenizer.from_pretrained(str(prepare()[0]))
-
-
-@pytest.fixture(scope="module")
 def encoder():
     return Encoder()
 

@@ -17,15 +17,6 @@ from tests.test_kv_policies_http import metrics, run
 pytestmark = pytest.mark.engine
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from server.model_store import prepare
-
-    return AutoTokenizer.from_pretrained(str(prepare()[0]))
-
-
 def needle(tokenizer, length: int, seed: int):
     from loadtests.tasks import build_sample
 

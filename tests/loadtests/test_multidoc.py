@@ -9,14 +9,6 @@ from loadtests.rag import context_summary, parse_rag_runs
 from loadtests.tasks import count_tokens
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from server.model_store import prepare
-
-    return AutoTokenizer.from_pretrained(str(prepare()[0]))
-
 
 @pytest.mark.parametrize("index", [0, 1])
 def test_multidoc_sample_fits_and_holds_its_answers(tokenizer, index):

@@ -8,14 +8,6 @@ import pytest
 from loadtests.tasks import QUALITY_TASKS, build_sample, count_tokens
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from server.model_store import prepare
-
-    return AutoTokenizer.from_pretrained(prepare()[0])
-
 
 @pytest.mark.parametrize("task", QUALITY_TASKS + ["prose"])
 @pytest.mark.parametrize("length", [1024, 4096])
