@@ -75,54 +75,97 @@ def run(server, auth, *payloads) -> list[list[int]]:
     return asyncio.run(go())
 
 
+@contextlib.contextmanager
+def engine_frozen(server):
+    """The server's engine core stopped (SIGSTOP) for the block, continued after: no step
+    runs, so every request in flight keeps its blocks and the API server catches up with
+    the steps already made (its metrics then describe the engine's last step)."""
+    import signal
+
+    import psutil
+
+    cores = []
+    for proc in psutil.Process(server.proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "EngineCore" in proc.name() + " ".join(proc.cmdline()):
+                cores.append(proc)
+    assert len(cores) == 1, f"engine core processes: {cores}"
+    cores[0].send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        cores[0].send_signal(signal.SIGCONT)
+
+
+def settled_metrics(scraper: httpx.Client, quiet: float = 0.5, timeout: float = 60) -> str:
+    """`/metrics` once vLLM's generation counter has stayed put across two scrapes `quiet`
+    seconds apart (the engine is frozen: the API server has taken in its last step)."""
+    text = scraper.get("/metrics").text
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        again = scraper.get("/metrics").text
+        if (metric_value(again, "vllm:generation_tokens_total")
+                == metric_value(text, "vllm:generation_tokens_total")):
+            return again
+        text = again
+    raise AssertionError(f"vLLM's generation counter still moving {timeout}s after the "
+                         "engine core was stopped")
+
+
 def sample_while_streaming(server, auth, payload: dict, probe=None, want: int = 3,
-                           attempts: int = 3) -> list:
-    """`(tokens generated, probe(metrics_text))` read while the request decodes, as the
-    engine saw it; `probe` is vLLM's KV usage by default. The client reads the stream and
-    scrapes `/metrics` after every chunk (the engine goes on decoding meanwhile); a sample
-    is kept when vLLM's generation counter in the same scrape (set with the KV gauge, from
-    one engine step) shows the request past its 8th token and short of its last: prefill
-    done, the policy applied, blocks still held. Once `want` samples are in, the client
-    closes the stream (vLLM aborts the request) and the engine is waited back to idle. No
-    poller thread: a scrape is taken only while the stream is open. `max_tokens` should be
-    `LONG_RUN`: on a loaded 2-core machine the client or the server's event loop has
-    stalled for thousands of decode steps (CI saw a request's first in-window scrape come
-    after it had generated 2,048 tokens); a request that ends before `want` samples is
-    sent again, with a fresh `cache_salt` (`attempts` in all). The caller judges each
-    sample at its own token count (`blocks_of`, `full_cache_blocks`). `payload` must run to
-    `max_tokens` (ignore_eos) on an otherwise idle engine."""
+                           spacing: int = 8, attempts: int = 2) -> list:
+    """`(tokens generated, probe(metrics_text))` while the request decodes, as the engine
+    saw it; `probe` is vLLM's KV usage by default. `want` times, the client reads `spacing`
+    more chunks of the stream, then the engine core is frozen (`engine_frozen`) and
+    `/metrics` read once it has settled: the request is mid-decode and holds its blocks,
+    and the counter and the gauges come from the same engine step, however far the client
+    or the API server had fallen behind the engine. (Scrapes taken while the engine ran
+    failed on CI, again and again, where the client read the stream or the API server
+    forwarded it far behind the engine: a request finished, or no scrape fell inside it.)
+    Then the client closes the stream (vLLM aborts the request) and the engine is waited
+    back to idle. A sample counts when the counter shows the request past its 4th token
+    (prefill done, the policy applied) and short of its last; a request that finished
+    before it was sampled `want` times is sent again with a fresh `cache_salt` (`attempts`
+    in all). `payload` must run to `max_tokens` (ignore_eos; `LONG_RUN`) on an otherwise
+    idle engine; the caller judges each sample at its own token count (`blocks_of`,
+    `full_cache_blocks`)."""
     from tests.test_limits_http import wait_engine_idle
 
     assert payload.get("ignore_eos"), "the window is counted in generated tokens"
     probe = probe or (lambda text: metric_value(text, "vllm:kv_cache_usage_perc"))
     generated = lambda text: metric_value(text, "vllm:generation_tokens_total")  # noqa: E731
     tried = []
-    for attempt in range(attempts):
-        if attempt and "cache_salt" in payload:
-            payload = {**payload, "cache_salt": uuid.uuid4().hex}
-        base = generated(metrics(server, auth))
-        window = (base + 8, base + payload["max_tokens"])
-        samples, seen, chunks, last = [], [], 0, ""
-        with httpx.stream("POST", server.url + "/v1/chat/completions", headers=auth,
-                          json={**payload, "stream": True}, timeout=300) as resp:
-            assert resp.status_code == 200, resp.read()
-            for line in resp.iter_lines():
-                if not line.startswith("data: "):
-                    continue
-                chunks, last = chunks + 1, line
-                text = httpx.get(server.url + "/metrics", headers=auth, timeout=120).text
-                count = generated(text)
-                seen.append(count - base)
-                if window[0] <= count < window[1]:
+    with httpx.Client(base_url=server.url, headers=auth, timeout=120) as scraper:
+        for attempt in range(attempts):
+            if attempt and "cache_salt" in payload:
+                payload = {**payload, "cache_salt": uuid.uuid4().hex}
+            base = generated(scraper.get("/metrics").text)
+            window = (base + 4, base + payload["max_tokens"])
+            samples, seen, chunks = [], [], 0
+            with scraper.stream("POST", "/v1/chat/completions",
+                                json={**payload, "stream": True}, timeout=300) as resp:
+                assert resp.status_code == 200, resp.read()
+                lines = (line for line in resp.iter_lines() if line.startswith("data: "))
+                while len(samples) < want:
+                    read = sum(1 for _ in zip(range(spacing), lines))
+                    chunks += read
+                    if read < spacing:
+                        break  # the stream ended
+                    with engine_frozen(server):
+                        text = settled_metrics(scraper)
+                    count = generated(text)
+                    seen.append((chunks, count - base))
+                    if not window[0] <= count < window[1]:
+                        break  # the request finished before the engine was frozen
                     samples.append((count - base, probe(text)))
-                if len(samples) >= want:
-                    break  # closing the stream aborts the request
-        wait_engine_idle(server, auth, timeout=120)
-        if len(samples) >= want:
-            return samples
-        tried.append(f"tokens seen: {seen[:20]}; {chunks} chunks, the last: {last[:300]}")
-    raise AssertionError(f"no {want} scrapes while the request decoded, in {attempts} "
-                         f"requests ({' | '.join(tried)})")
+            wait_engine_idle(server, auth, timeout=120)
+            if len(samples) >= want:
+                return samples
+            tried.append(f"(chunks read, tokens generated) when frozen: {seen}; "
+                         f"{chunks} chunks read")
+    raise AssertionError(f"no {want} samples while the request decoded, in {attempts} "
+                         f"requests: {' | '.join(tried)}")
 
 
 def total_blocks(server, auth) -> int:
@@ -281,17 +324,17 @@ def test_prefix_cache_hit_after_compressed_request_is_exact(server, auth, needle
 
 
 def test_abort_of_compressed_request_frees_everything(server, auth, needle_prompts):
-    """Closing the stream mid-decode aborts the request: every block goes back."""
-    payload = body(needle_prompts[0], {"name": "h2o", "budget": 0.3}, salt=uuid.uuid4().hex,
-                   stream=True, **LONG_RUN)
-    with httpx.stream("POST", server.url + "/v1/chat/completions", headers=auth,
-                      json=payload, timeout=60) as resp:
-        usage = 0.0
-        for index, _ in enumerate(resp.iter_lines()):  # decoding is under way
-            usage = kv_usage(server, auth) if index >= 6 else 0.0
-            if usage > 0:
-                break
-        assert usage > 0
+    """Closing the stream mid-decode aborts the request: every block goes back. (The
+    helper closes the stream once the frozen engine has shown the request decoding and
+    holding blocks, then waits for the engine to be idle.)"""
+    from tests.test_limits_http import disconnects, wait_disconnects
+
+    before = disconnects(server, auth, stream=True)
+    [(generated, usage)] = sample_while_streaming(server, auth, body(
+        needle_prompts[0], {"name": "h2o", "budget": 0.3}, salt=uuid.uuid4().hex,
+        **LONG_RUN), want=1)
+    assert usage > 0 and generated < LONG_RUN["max_tokens"], (generated, usage)
+    assert wait_disconnects(server, auth, stream=True, expected=before + 1) > before
     for _ in range(100):
         if kv_usage(server, auth) == 0:
             break
