@@ -71,6 +71,9 @@ def test_route_matches_vllms_kernel(monkeypatch, dtype):
     from attention_backends.mfa import cpu as route
 
     query, kv_cache, md, layer = batch(dtype)
+    # the route reads the "vec" kernels' layout (keys dimension-major); where vLLM picks
+    # AMX for bf16 (CPUs with AMX-BF16) the cache is tiled and the route stands aside
+    routed = 3 if layer.isa == "vec" else 0
     outputs, counts = {}, {}
     for mode in ("off", "auto"):
         monkeypatch.setenv(mfa.ENV, mode)
@@ -83,8 +86,8 @@ def test_route_matches_vllms_kernel(monkeypatch, dtype):
         counts[mode] = route.MFA_STATS.counts["shared_kv"]["tokens"] - before
         md.__dict__.pop("_shared_kv_split", None)
     assert bool((outputs["off"].abs().sum(dim=(1, 2)) > 0).all())  # every token written
-    assert counts == {"off": 0, "auto": 3}  # the three decode rows took the route
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert counts == {"off": 0, "auto": routed}  # the three decode rows took the route
+    tol = (1e-5 if dtype == torch.float32 else 2e-2) if routed else 0
     torch.testing.assert_close(outputs["auto"], outputs["off"], atol=tol, rtol=tol)
     # the prefill chunk went through vLLM's kernel in both: identical
     assert torch.equal(outputs["auto"][2:22], outputs["off"][2:22])
