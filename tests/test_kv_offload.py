@@ -60,18 +60,15 @@ def redis_server(tmp_path_factory, redis_url):
 
 @pytest.mark.engine
 def test_retrieval_offloads_to_redis_and_answers_as_with_the_host_tier(
-        server, auth, redis_server, redis_url):
+        server, auth, redis_server, redis_url, tokenizer):
     """The same quest request on the shared server (host tier) and on one whose tier is
     Redis: identical tokens (the blocks come back byte-identical), the engine holds a few
     blocks while Redis holds the rest, and Redis is empty once the request is done."""
     import redis
 
     from loadtests.tasks import build_sample
-    from server.model_store import prepare
-    from transformers import AutoTokenizer
 
-    sample = build_sample("niah_single", 1600, 3, 17,
-                          AutoTokenizer.from_pretrained(str(prepare()[0])))
+    sample = build_sample("niah_single", 1600, 3, 17, tokenizer)
     policy = {"name": "quest", "budget": 0.25}
     wait_engine_idle(server, auth, timeout=120)  # alone in its batch, as on the Redis server
     with ThreadPoolExecutor(2) as pool:  # the two servers' engines run on different cores

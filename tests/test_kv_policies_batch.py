@@ -32,13 +32,9 @@ def policy(name: str) -> dict:
     return {"name": name} if name.startswith("kivi") else {"name": name, "budget": 0.3}
 
 
-def test_full_requests_unchanged_beside_compressed_ones(tmp_path):
-    from transformers import AutoTokenizer
-
+def test_full_requests_unchanged_beside_compressed_ones(tmp_path, tokenizer):
     from loadtests.tasks import build_sample
-    from server.model_store import prepare
 
-    tokenizer = AutoTokenizer.from_pretrained(str(prepare()[0]))
     prompts = [tokenizer.apply_chat_template(build_sample("niah_single", 1600, i, 13,
                                                           tokenizer).messages,
                                              add_generation_prompt=True, tokenize=True,

@@ -25,13 +25,9 @@ LONG_RUN = {"max_tokens": 6000, "ignore_eos": True}
 
 
 @pytest.fixture(scope="module")
-def needle_prompts():
-    from transformers import AutoTokenizer
-
+def needle_prompts(tokenizer):
     from loadtests.tasks import build_sample
-    from server.model_store import prepare
 
-    tokenizer = AutoTokenizer.from_pretrained(str(prepare()[0]))
     return [build_sample("niah_single", 1600, i, 11, tokenizer) for i in range(8)]
 
 
@@ -338,7 +334,7 @@ def test_abort_of_compressed_request_frees_everything(server, auth, needle_promp
     for _ in range(100):
         if kv_usage(server, auth) == 0:
             break
-        asyncio.run(asyncio.sleep(0.1))
+        time.sleep(0.1)
     assert kv_usage(server, auth) == 0
     assert httpx.get(server.url + "/ready").status_code == 200
 

@@ -39,13 +39,9 @@ def small_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def prompts():
-    from transformers import AutoTokenizer
-
+def prompts(tokenizer):
     from loadtests.tasks import build_sample
-    from server.model_store import prepare
 
-    tokenizer = AutoTokenizer.from_pretrained(str(prepare()[0]))
     return ([build_sample("niah_single", 300, i, 5, tokenizer) for i in range(2)]
             + [build_sample("niah_single", 900, i, 6, tokenizer) for i in range(2)])
 
