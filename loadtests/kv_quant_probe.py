@@ -1,0 +1,154 @@
+"""Offline probe of KV quantization variants before building one into the engine: the
+default model on the Hugging Face side (float32), each prompt prefilled once, then its
+whole 128-token groups of KV quantized and dequantized with the server's own KIVI rule
+(`cache_policies.compress.kivi`: keys per channel over a group, values per token) and
+greedy decoding continued from that cache; the prompt's last partial group stays exact,
+as the block being written does in the engine. A variant names the key and value bits and
+whether each head's channels are first rotated by an orthonormal Hadamard matrix (QuaRot's
+idea: the rotation spreads outlier channels, so a per-token or per-channel range wastes
+fewer codes); the rotation is undone after dequantizing. Reported against the full cache
+on the same prompts: identical outputs, token agreement, the task score, and the KV bytes
+per entry against bf16's 2 (scales and minimums included).
+
+    python -m loadtests.kv_quant_probe --tasks niah_multikey,niah_multivalue \\
+        --length 2048 --samples 16 --variants k4v4,k4v4h,k4v3,k4v3h,k3v4h
+
+This is a screen, not the harness: the engine packs at the end of prefill and again as
+blocks fill during decode, which this does not; `bench policies` measures what is served.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import time
+
+GROUP = 128  # tokens per key-scale group, as the server's KIVI
+SCALE_BYTES = 2  # fp16 scale and fp16 minimum per range
+
+
+def parse_variant(text: str) -> tuple[int, int, bool]:
+    """"k4v3h" -> (4, 3, True): key bits, value bits, Hadamard rotation."""
+    match = re.fullmatch(r"k(\d+)v(\d+)(h?)", text)
+    if not match or not all(1 <= int(b) <= 8 for b in match.groups()[:2]):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected k<bits>v<bits>[h], bits 1-8")
+    return int(match[1]), int(match[2]), bool(match[3])
+
+
+def bytes_per_entry(key_bits: int, value_bits: int, head_dim: int) -> float:
+    """KV bytes per element: codes plus a scale and a minimum per key channel per group
+    and per value token."""
+    keys = key_bits / 8 + 2 * SCALE_BYTES / GROUP
+    values = value_bits / 8 + 2 * SCALE_BYTES / head_dim
+    return (keys + values) / 2
+
+
+def hadamard(n: int):
+    import torch
+
+    assert n & (n - 1) == 0, "a power of two"
+    h = torch.ones(1, 1)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h / math.sqrt(n)
+
+
+def quantized(keys, values, key_bits: int, value_bits: int, rotate: bool):
+    """keys, values (batch, heads, length, dim) with their whole groups quantized and
+    dequantized; the tail shorter than a group unchanged."""
+    from cache_policies.compress.kivi import dequantize, quantize
+
+    batch, heads, length, dim = keys.shape
+    whole = length // GROUP * GROUP
+    if not whole:
+        return keys, values
+    k, v = keys[:, :, :whole], values[:, :, :whole]
+    rotation = hadamard(dim) if rotate else None
+    if rotate:
+        k, v = k @ rotation, v @ rotation
+    shape = (batch, heads, whole // GROUP, GROUP, dim)
+    k = dequantize(*quantize(k.reshape(shape), key_bits, dim=3)).reshape(k.shape)
+    v = dequantize(*quantize(v.reshape(shape), value_bits, dim=4)).reshape(v.shape)
+    if rotate:
+        k, v = k @ rotation.T, v @ rotation.T
+    keys, values = keys.clone(), values.clone()
+    keys[:, :, :whole], values[:, :, :whole] = k, v
+    return keys, values
+
+
+def greedy(model, ids, tokens: int, variant=None) -> list[int]:
+    import torch
+
+    with torch.no_grad():
+        out = model(ids, use_cache=True)
+        cache = out.past_key_values
+        if variant is not None:
+            for layer in cache.layers:
+                layer.keys, layer.values = quantized(layer.keys, layer.values, *variant)
+        produced = [out.logits[:, -1].argmax(-1, keepdim=True)]
+        while len(produced) < tokens:
+            out = model(produced[-1], past_key_values=cache, use_cache=True)
+            produced.append(out.logits[:, -1].argmax(-1, keepdim=True))
+    return [int(token) for token in produced]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.kv_quant_probe",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", default="niah_multikey,niah_multivalue")
+    parser.add_argument("--length", type=int, default=2048)
+    parser.add_argument("--samples", type=int, default=16, help="in all, tasks in turn")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--variants", default="k4v4,k4v4h,k4v3,k4v3h,k3v4h")
+    args = parser.parse_args(argv)
+    variants = {name: parse_variant(name) for name in args.variants.split(",")}
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from loadtests.scoring import score, token_agreement
+    from loadtests.tasks import build_sample
+    from server.model_store import prepare
+
+    path = str(prepare()[0])
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    tasks = args.tasks.split(",")
+    rows = {name: {"score": 0.0, "identical": 0, "agreement": 0.0}
+            for name in ["full", *variants]}
+    start = time.monotonic()
+    for index in range(args.samples):
+        sample = build_sample(tasks[index % len(tasks)], args.length, index // len(tasks),
+                              args.seed, tokenizer)
+        prefixed = sample.messages[-1]["role"] == "assistant"  # as the server renders it
+        ids = tokenizer.apply_chat_template(
+            sample.messages, add_generation_prompt=not prefixed,
+            continue_final_message=prefixed, return_tensors="pt", return_dict=True)["input_ids"]
+        full = greedy(model, ids, sample.max_tokens)
+        for name, variant in [("full", None), *variants.items()]:
+            out = full if variant is None else greedy(model, ids, sample.max_tokens, variant)
+            row = rows[name]
+            row["score"] += score(tokenizer.decode(out, skip_special_tokens=True),
+                                  sample.answers, sample.metric)
+            row["identical"] += out == full
+            row["agreement"] += token_agreement(out, full)
+        print(f"{index + 1}/{args.samples} samples, {time.monotonic() - start:.0f} s",
+              flush=True)
+    n = args.samples
+    print(f"\n{n} samples of {','.join(tasks)} at {args.length} tokens, seed {args.seed}\n")
+    print("| variant | bytes/entry | fewer than bf16 | score | of full | identical | "
+          "token agreement |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    full_score = 100 * rows["full"]["score"] / n
+    for name, row in rows.items():
+        size = 2.0 if name == "full" else bytes_per_entry(*variants[name][:2], head_dim)
+        mean = 100 * row["score"] / n
+        share = f"{mean / full_score:.1%}" if full_score else "-"
+        print(f"| {name} | {size:.3f} | {2 / size:.2f}x | {mean:.1f} | {share} | "
+              f"{row['identical']}/{n} | {row['agreement'] / n:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
