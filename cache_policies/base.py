@@ -113,10 +113,34 @@ def attention_probs(queries: torch.Tensor, keys: torch.Tensor, scale: float,
                     first: int) -> torch.Tensor:
     """Causal softmax attention, fp32. queries (heads, W, dim) at positions first..first+W-1,
     keys (kv_heads, P, dim) -> (kv_heads, group, W, P); GQA groups share a KV head."""
-    kv_heads, length, dim = keys.shape
+    return _causal_softmax(_logits(queries, keys, scale), first)
+
+
+def attend_parts(queries: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]],
+                 scale: float) -> torch.Tensor:
+    """Causal softmax attention of queries (heads, T, dim), the last T positions, over
+    keys and values given in consecutive parts, each (kv_heads, P_i, dim), without joining
+    them into one copy: (heads, T, dim), fp32."""
+    heads, window, dim = queries.shape
+    logits = torch.cat([_logits(queries, k, scale) for k, _ in parts], dim=-1)
+    probs = _causal_softmax(logits, logits.shape[-1] - window)
+    shares = probs.split([k.shape[1] for k, _ in parts], dim=-1)
+    out = sum(torch.einsum("hgwp,hpd->hgwd", p, v.float()) for p, (_, v) in zip(shares, parts))
+    return out.reshape(heads, window, -1)
+
+
+def _logits(queries: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
+    """queries (heads, W, dim), keys (kv_heads, P, dim) -> (kv_heads, group, W, P), fp32."""
+    kv_heads, _, dim = keys.shape
     heads, window, _ = queries.shape
     q = queries.float().view(kv_heads, heads // kv_heads, window, dim)
-    logits = torch.einsum("hgwd,hpd->hgwp", q, keys.float()) * scale
+    return torch.einsum("hgwd,hpd->hgwp", q, keys.float()) * scale
+
+
+def _causal_softmax(logits: torch.Tensor, first: int) -> torch.Tensor:
+    """Softmax over the last dim of logits (..., W, P) of queries at positions
+    first..first+W-1, each seeing positions up to its own."""
+    window, length = logits.shape[-2:]
     query_pos = torch.arange(first, first + window).view(window, 1)
     logits.masked_fill_(torch.arange(length).view(1, length) > query_pos, float("-inf"))
     return logits.softmax(dim=-1)

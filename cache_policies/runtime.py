@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from cache_policies import offload
-from cache_policies.base import KVPolicy, PolicyInputs, attention_probs
+from cache_policies.base import KVPolicy, PolicyInputs, attend_parts, attention_probs
 from cache_policies.retrieve.quest import page_summaries
 from cache_policies.stats import retrieval_stats
 from cache_policies.plan import ATTRIBUTE, PolicyStep
@@ -232,13 +232,7 @@ class PolicyRuntime:
         if step.pinned:
             pinned = torch.tensor(step.front[: step.pinned], dtype=torch.long)
             parts.insert(0, impl.read_blocks(layer, kv_cache, pinned, step.pinned * bs))
-        keys = torch.cat([k.float() for k, _ in parts], dim=1)
-        values = torch.cat([v.float() for _, v in parts], dim=1)
-        tokens, heads, dim = query.shape
-        probs = attention_probs(query.transpose(0, 1), keys, impl.scale,
-                                keys.shape[1] - tokens)  # (kv_heads, group, T, P)
-        out = torch.einsum("hgtp,hpd->hgtd", probs, values)
-        return out.reshape(heads, tokens, dim).transpose(0, 1)
+        return attend_parts(query.transpose(0, 1), parts, impl.scale).transpose(0, 1)
 
     @property
     def store(self):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from attention_backends.policy_aware import cpu as policy_cpu
 from attention_backends.policy_aware.cpu import PolicyAwareCPUImpl
 
 
@@ -23,8 +25,9 @@ def impl(head_size):
     return out
 
 
-def test_reads_what_the_kernel_wrote_and_round_trips_writes():
-    dtype, blocks, heads, block_size, dim = torch.bfloat16, 6, 3, 32, 64
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_reads_what_the_kernel_wrote_and_round_trips_writes(dtype):
+    blocks, heads, block_size, dim = 6, 3, 32, 64
     layer, cpu = _Layer(dtype, block_size, dim), impl(dim)
     cache = torch.zeros(blocks, heads, block_size, 2 * dim, dtype=dtype)
     keys = torch.randn(3 * block_size, heads, dim).to(dtype)
@@ -42,3 +45,19 @@ def test_reads_what_the_kernel_wrote_and_round_trips_writes():
     assert torch.equal(k3, k2) and torch.equal(v3, v2)
     again, _ = cpu.read_blocks(layer, cache, torch.tensor(table), 80)  # others untouched
     assert torch.equal(again, k)
+
+
+def test_vec_reads_by_view_equal_the_general_gather(monkeypatch):
+    """fp32 caches use the vec tiling on every CPU: the strided read equals the gather
+    through the kernel's layout, at a length inside the last block."""
+    dtype, heads, block_size, dim = torch.float32, 2, 128, 64
+    layer, cpu = _Layer(dtype, block_size, dim), impl(dim)
+    cache = torch.randn(5, heads, block_size, 2 * dim, dtype=dtype)
+    blocks = torch.tensor([3, 0, 4])
+    assert cpu._layout(layer, cache)[2]
+    fast = cpu.read_blocks(layer, cache, blocks, 300)
+    key = next(k for k in policy_cpu._LAYOUTS if k[0] == dtype and k[1] == block_size)
+    codes, inverse, _ = policy_cpu._LAYOUTS[key]
+    monkeypatch.setitem(policy_cpu._LAYOUTS, key, (codes, inverse, False))
+    slow = cpu.read_blocks(layer, cache, blocks, 300)
+    assert all(torch.equal(a, b) for a, b in zip(fast, slow))

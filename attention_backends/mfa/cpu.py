@@ -56,13 +56,7 @@ class SharedKVDecodeImpl(PolicyAwareCPUImpl):
     def _keys_transposed(self, layer, kv_cache: torch.Tensor) -> bool:
         """Whether this ISA's cache keeps a block's keys as (dim, block) and its values
         as (block, dim) (the "vec" kernels do; AMX tiles them otherwise)."""
-        codes, _ = self._layout(layer, kv_cache)
-        block, dim = kv_cache.shape[2], self.head_size
-        half = block * dim
-        t, d = torch.arange(block), torch.arange(dim)
-        keys = (t[None, :] * dim + d[:, None]).flatten()  # storage (d, t) holds key (t, d)
-        return bool(torch.equal(codes[:half], keys)
-                    and torch.equal(codes[half:], torch.arange(half) + half))
+        return self._layout(layer, kv_cache)[2]
 
     def attend(self, layer, query, key, value, kv_cache, attn_metadata, output,
                output_scale=None, output_block_scale=None):

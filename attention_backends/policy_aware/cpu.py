@@ -4,6 +4,9 @@ CPU cache layout, per layer: (blocks, kv_heads, block_size, 2 * head_dim) as sto
 but inside a (block, head) the kernel arranges keys (and possibly values) in its own
 ISA-specific tiling. Rather than hard-code that tiling, `_layout` asks the kernel's own
 writer where each (token, dim) lands, once per layer type, and reads/writes through it.
+Reads of the `vec` tiling (keys dim-major, values token-major; fp32 everywhere, bf16 and
+fp16 on CPUs without AMX) are strided views instead of that general gather: decode under a
+packing policy reads every pinned block of every layer on each step.
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ from vllm.v1.attention.backends.cpu_attn import (
 
 from attention_backends.policy_aware.base import PolicyAwareBuilderMixin, PolicyAwareImplMixin
 
-_LAYOUTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_LAYOUTS: dict[tuple, tuple[torch.Tensor, torch.Tensor, bool]] = {}
+
+
+def vec_codes(block_size: int, dim: int) -> torch.Tensor:
+    """`_layout`'s codes of the vec tiling: a block's keys stored (dim, block), its
+    values (block, dim)."""
+    keys = (torch.arange(block_size).view(1, -1) * dim + torch.arange(dim).view(-1, 1)).flatten()
+    return torch.cat([keys, block_size * dim + torch.arange(block_size * dim)])
 
 
 def rows_metadata(md: CPUAttentionMetadata, rows: list[int], *, num_heads: int,
@@ -61,10 +71,10 @@ class PolicyAwareCPUImpl(PolicyAwareImplMixin, CPUAttentionBackendImpl):
     # A subclass rather than a wrapper object: vLLM's CPU metadata builder finds
     # sliding-window layers with isinstance(layer.impl, CPUAttentionBackendImpl).
 
-    def _layout(self, layer, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _layout(self, layer, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """For every storage element of one (block, head): which logical entry it holds,
-        as an index into keys (t * head_dim + d) followed by values; and the inverse
-        permutation (where each logical entry is stored)."""
+        as an index into keys (t * head_dim + d) followed by values; the inverse
+        permutation (where each logical entry is stored); whether it is the vec tiling."""
         block_size, dim = kv_cache.shape[2], self.head_size
         key = (kv_cache.dtype, block_size, dim, getattr(layer, "isa", None))
         layout = _LAYOUTS.get(key)
@@ -81,21 +91,28 @@ class PolicyAwareCPUImpl(PolicyAwareImplMixin, CPUAttentionBackendImpl):
             codes = found[0] * dim + found[1]
             half = codes.numel() // 2
             codes[half:] += half  # values follow keys in the logical order
-            layout = _LAYOUTS[key] = (codes, codes.argsort())
+            layout = _LAYOUTS[key] = (codes, codes.argsort(),
+                                      torch.equal(codes, vec_codes(block_size, dim)))
         return layout
 
     def read_blocks(self, layer, kv_cache, blocks, length):
         return self.read_raw(layer, kv_cache, kv_cache[blocks], length)
 
     def read_raw(self, layer, kv_cache, raw, length):
-        _, inverse = self._layout(layer, kv_cache)
+        _, inverse, vec = self._layout(layer, kv_cache)
+        n, heads, block_size, _ = raw.shape
         storage = raw.flatten(2)  # (n, heads, 2 * block * dim)
-        entries = storage[..., inverse].view(*storage.shape[:2], 2, -1, self.head_size)
-        return tuple(entries[:, :, i].transpose(0, 1).flatten(1, 2)[:, :length]
-                     for i in (0, 1))
+        if vec:
+            keys, values = storage.view(n, heads, 2, -1).unbind(2)
+            entries = (keys.view(n, heads, self.head_size, block_size).transpose(2, 3),
+                       values.view(n, heads, block_size, self.head_size))
+        else:
+            gathered = storage[..., inverse].view(n, heads, 2, block_size, self.head_size)
+            entries = gathered.unbind(2)
+        return tuple(e.transpose(0, 1).flatten(1, 2)[:, :length] for e in entries)
 
     def write_blocks(self, layer, kv_cache, blocks, keys, values):
-        codes, _ = self._layout(layer, kv_cache)
+        codes, _, _ = self._layout(layer, kv_cache)
         heads, block_size = kv_cache.shape[1], kv_cache.shape[2]
 
         def per_block(t):  # (heads, n * block, dim) -> (n, heads, block * dim)

@@ -78,3 +78,23 @@ def test_every_policy_keeps_budget_in_order_and_protects_nothing_outside_region(
 def test_top_positions_keeps_the_highest_scores_and_prefers_recent_on_ties():
     scores = torch.tensor([[5.0, 1.0, 3.0, 3.0, 0.0, 9.0]])
     assert top_positions(scores, 3).tolist() == [[0, 3, 5]]
+
+
+@pytest.mark.parametrize("window", [1, 5])
+def test_attention_over_parts_equals_plain_causal_attention(window):
+    """The packed decode path attends over (pinned, dequantized, in-place) parts without
+    joining them: same as softmax attention over the joined keys and values, causal for a
+    chunk of several queries."""
+    from cache_policies.base import attend_parts
+
+    gen = torch.Generator().manual_seed(3)
+    keys, values = (torch.randn(KV_HEADS, LENGTH, DIM, generator=gen) for _ in range(2))
+    queries = torch.randn(KV_HEADS * GROUP, window, DIM, generator=gen)
+    cuts = [0, 7, 30, LENGTH]
+    parts = [(keys[:, a:b], values[:, a:b]) for a, b in zip(cuts, cuts[1:])]
+    got = attend_parts(queries, parts, DIM ** -0.5)
+    q = queries.view(KV_HEADS, GROUP, window, DIM)
+    logits = q @ keys.unsqueeze(1).transpose(-1, -2) * DIM ** -0.5
+    visible = torch.arange(LENGTH) <= torch.arange(LENGTH - window, LENGTH).view(-1, 1)
+    want = logits.masked_fill(~visible, float("-inf")).softmax(-1) @ values.unsqueeze(1)
+    torch.testing.assert_close(got, want.reshape(KV_HEADS * GROUP, window, DIM))
