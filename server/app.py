@@ -77,7 +77,7 @@ async def _start_engine(app: FastAPI) -> None:
     freeze_gc_heap()
     set_phase(state, Phase.READY)
     logger.info("ready: serving %s", name)
-    await _watch_engine(app)
+    await asyncio.gather(_watch_engine(app), _log_stats(app))
 
 
 async def _watch_engine(app: FastAPI) -> None:
@@ -88,6 +88,19 @@ async def _watch_engine(app: FastAPI) -> None:
             await asyncio.sleep(DEATH_EXIT_DELAY_S)
             _die(app)
         await asyncio.sleep(WATCHDOG_INTERVAL_S)
+
+
+async def _log_stats(app: FastAPI) -> None:
+    """As `vllm serve` does: vLLM's periodic stats line (throughput, requests running and
+    waiting, KV cache usage) every VLLM_LOG_STATS_INTERVAL seconds, unless the server was
+    started with --disable-log-stats."""
+    from vllm import envs
+
+    if getattr(app.state.vllm_args, "disable_log_stats", False):
+        return
+    while app.state.phase is not Phase.DEAD:
+        await asyncio.sleep(envs.VLLM_LOG_STATS_INTERVAL)
+        await app.state.engine.do_log_stats()
 
 
 def _die(app: FastAPI) -> None:
