@@ -17,6 +17,7 @@ KV_POLICIES: dict[str, str] = {
     "d2o": "cache_policies.merge.d2o:D2O",
     "kivi8": "cache_policies.compress.kivi:KIVI8",
     "kivi4": "cache_policies.compress.kivi:KIVI4",
+    "kivi4v3": "cache_policies.compress.kivi:KIVI4V3",
     "kivi2": "cache_policies.compress.kivi:KIVI2",
     "cskv": "cache_policies.compress.cskv:CSKV16",
     "cskv8": "cache_policies.compress.cskv:CSKV8",

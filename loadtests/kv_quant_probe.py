@@ -25,7 +25,6 @@ import re
 import time
 
 GROUP = 128  # tokens per key-scale group, as the server's KIVI
-SCALE_BYTES = 2  # fp16 scale and fp16 minimum per range
 
 
 def parse_variant(text: str) -> tuple[int, int, bool]:
@@ -37,11 +36,10 @@ def parse_variant(text: str) -> tuple[int, int, bool]:
 
 
 def bytes_per_entry(key_bits: int, value_bits: int, head_dim: int) -> float:
-    """KV bytes per element: codes plus a scale and a minimum per key channel per group
-    and per value token."""
-    keys = key_bits / 8 + 2 * SCALE_BYTES / GROUP
-    values = value_bits / 8 + 2 * SCALE_BYTES / head_dim
-    return (keys + values) / 2
+    """KV bytes per element in the server's packed format (scales included)."""
+    from cache_policies.compress.kivi import PackedFormat
+
+    return PackedFormat(key_bits, head_dim, GROUP, value_bits=value_bits).bits_per_entry() / 8
 
 
 def hadamard(n: int):

@@ -238,15 +238,26 @@ def policy_counters(server, auth, policy: str, text: str | None = None) -> dict[
 
 
 def test_quantized_kv_answers_as_the_full_cache(server, auth, needle_prompts):
-    """8-bit KIVI gives the full cache's greedy tokens; 4-bit still finds the needle."""
+    """8-bit KIVI gives the full cache's greedy tokens; 4-bit, and 4-bit keys with 3-bit
+    values, still find the needle and give back the blocks their formats count."""
+    from cache_policies.registry import policy_class
+
     sample = needle_prompts[5]
     [full] = run(server, auth, body(sample, salt=uuid.uuid4().hex))
     [kivi8] = run(server, auth, body(sample, {"name": "kivi8"}, salt=uuid.uuid4().hex))
-    resp = httpx.post(server.url + "/v1/chat/completions", headers=auth, timeout=120,
-                      json=body(sample, {"name": "kivi4"}, salt=uuid.uuid4().hex))
     assert kivi8 == full
-    assert resp.json()["longserve"]["kv_policy"]["name"] == "kivi4"
-    assert sample.answers[0] in resp.json()["choices"][0]["message"]["content"]
+    groups = sample.prompt_tokens // BLOCK - 1  # the full blocks before the one being written
+    block = BLOCK * 2 * 64 * 4  # bytes per KV head of one float32 block (conftest)
+    for name in ("kivi4", "kivi4v3"):
+        before = metric_value(metrics(server, auth), "longserve_kv_blocks_freed_total", policy=name)
+        resp = httpx.post(server.url + "/v1/chat/completions", headers=auth, timeout=120,
+                          json=body(sample, {"name": name}, salt=uuid.uuid4().hex))
+        assert resp.json()["longserve"]["kv_policy"]["name"] == name
+        assert sample.answers[0] in resp.json()["choices"][0]["message"]["content"], name
+        freed = metric_value(metrics(server, auth), "longserve_kv_blocks_freed_total",
+                             policy=name) - before
+        need = policy_class(name).format(64, BLOCK).blocks_for(groups, block)
+        assert freed >= groups - need > 0, (name, freed, groups, need)
 
 
 def test_cskv_packs_features_and_answers_as_the_full_cache(server, auth, needle_prompts):

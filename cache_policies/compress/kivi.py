@@ -1,5 +1,7 @@
 """KIVI: the KV cache quantized to 8, 4 or 2 bits, keys per channel and values per token
 (Liu et al., 2024), packed into vLLM's own blocks so that the memory really goes back.
+Keys and values may have their own width: `kivi4v3` keeps 4-bit keys and 3-bit values
+(values, quantized per token, lose less at 3 bits than keys do: BENCHMARKS issue 5, 1c).
 
 Quantization is asymmetric (scale and minimum, both stored as fp16) in groups of
 `GROUP` tokens, the size of one vLLM block on CPU:
@@ -21,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import math
+
 import torch
 
 from cache_policies.base import KVPolicy
@@ -31,18 +35,31 @@ _SCALE_DTYPE = torch.float16
 
 @dataclass(frozen=True)
 class PackedFormat:
-    """bits 8, 4, 2: quantized with scales; 16: stored as bf16 (CSKV's unquantized
-    features). `head_dim` is the channels stored per key, `value_dim` per value (default:
-    the same)."""
+    """bits 1-8: quantized with scales; 16: stored as bf16 (CSKV's unquantized features).
+    `bits` is the keys' width, `value_bits` the values' (default: the same). `head_dim` is
+    the channels stored per key, `value_dim` per value (default: the same)."""
 
     bits: int
     head_dim: int
     group: int = GROUP
     value_dim: int | None = None
+    value_bits: int | None = None
+
+    def __post_init__(self) -> None:
+        if 16 in (self.bits, self.v_bits) and self.bits != self.v_bits:
+            raise ValueError("bf16 features are stored for keys and values together")
+        for bits, channels in ((self.bits, self.head_dim), (self.v_bits, self.value_channels)):
+            if bits != 16 and (self.group * channels) % _word(bits)[0]:
+                raise ValueError(f"{self.group} x {channels} codes of {bits} bits do not fill "
+                                 "whole bytes")
 
     @property
     def value_channels(self) -> int:
         return self.value_dim or self.head_dim
+
+    @property
+    def v_bits(self) -> int:
+        return self.value_bits or self.bits
 
     @property
     def key_bytes(self) -> int:  # key codes of one group of one head
@@ -50,7 +67,7 @@ class PackedFormat:
 
     @property
     def value_bytes(self) -> int:
-        return self.group * self.value_channels * self.bits // 8
+        return self.group * self.value_channels * self.v_bits // 8
 
     @property
     def group_bytes(self) -> int:
@@ -86,20 +103,32 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) 
     return torch.addcmul(minimum.float(), codes.float(), scale.float())
 
 
+def _word(bits: int) -> tuple[int, int]:
+    """Codes are packed in little-endian words of lcm(bits, 8) bits: (codes, bytes) per
+    word; (8 // bits, 1) for 1, 2, 4 and 8 bits, (8, 3) for 3 bits."""
+    word = math.lcm(bits, 8)
+    return word // bits, word // 8
+
+
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """(..., n) codes < 2**bits -> (..., n * bits / 8) bytes, first code in the low bits."""
-    per_byte = 8 // bits
-    grouped = codes.view(*codes.shape[:-1], -1, per_byte).to(torch.int32)
-    shifts = torch.arange(per_byte, dtype=torch.int32) * bits
-    return (grouped << shifts).sum(-1).to(torch.uint8)
+    per_word, nbytes = _word(bits)
+    grouped = codes.view(*codes.shape[:-1], -1, per_word).to(torch.int64)
+    words = (grouped << (torch.arange(per_word) * bits)).sum(-1, keepdim=True)
+    return ((words >> (torch.arange(nbytes) * 8)) & 255).to(torch.uint8).flatten(-2)
 
 
 def unpack_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
     if bits == 8:
         return packed
     mask = 2**bits - 1
-    parts = [(packed >> (i * bits)) & mask for i in range(8 // bits)]  # uint8 ops
-    return torch.stack(parts, dim=-1).flatten(-2)
+    per_word, nbytes = _word(bits)
+    if nbytes == 1:
+        parts = [(packed >> (i * bits)) & mask for i in range(per_word)]  # uint8 ops
+        return torch.stack(parts, dim=-1).flatten(-2)
+    grouped = packed.view(*packed.shape[:-1], -1, nbytes).to(torch.int64)
+    words = (grouped << (torch.arange(nbytes) * 8)).sum(-1, keepdim=True)
+    return ((words >> (torch.arange(per_word) * bits)) & mask).to(torch.uint8).flatten(-2)
 
 
 def _bytes(t: torch.Tensor) -> torch.Tensor:
@@ -116,8 +145,9 @@ def pack_groups(keys: torch.Tensor, values: torch.Tensor, fmt: PackedFormat) -> 
     k = keys.reshape(heads, groups, fmt.group, dim)
     v = values.reshape(heads, groups, fmt.group, values.shape[-1])
     k_codes, k_scale, k_min = quantize(k, fmt.bits, dim=2)  # per channel: over tokens
-    v_codes, v_scale, v_min = quantize(v, fmt.bits, dim=3)  # per token: over channels
-    parts = [pack_codes(k_codes.flatten(-2), fmt.bits), pack_codes(v_codes.flatten(-2), fmt.bits),
+    v_codes, v_scale, v_min = quantize(v, fmt.v_bits, dim=3)  # per token: over channels
+    parts = [pack_codes(k_codes.flatten(-2), fmt.bits),
+             pack_codes(v_codes.flatten(-2), fmt.v_bits),
              _bytes(k_scale), _bytes(k_min), _bytes(v_scale), _bytes(v_min)]
     return torch.cat(parts, dim=-1)
 
@@ -139,7 +169,7 @@ def unpack_groups(packed: torch.Tensor, fmt: PackedFormat) -> tuple[torch.Tensor
 
     keys = dequantize(unpack_codes(k_codes, fmt.bits).view(heads, groups, g, dim),
                       floats(k_scale, (1, dim)), floats(k_min, (1, dim)))
-    values = dequantize(unpack_codes(v_codes, fmt.bits).view(heads, groups, g, vdim),
+    values = dequantize(unpack_codes(v_codes, fmt.v_bits).view(heads, groups, g, vdim),
                         floats(v_scale, (g, 1)), floats(v_min, (g, 1)))
     return keys.view(heads, -1, dim), values.view(heads, -1, vdim)
 
@@ -150,10 +180,11 @@ class KIVI(KVPolicy):
     takes_budget = False
     packs: ClassVar[bool] = True
     bits: ClassVar[int]
+    value_bits: ClassVar[int | None] = None  # None: as the keys
 
     @classmethod
     def format(cls, head_dim: int, group: int = GROUP) -> PackedFormat:
-        return PackedFormat(cls.bits, head_dim, group)
+        return PackedFormat(cls.bits, head_dim, group, value_bits=cls.value_bits)
 
     def pack(self, keys, values, fmt: PackedFormat, layer: int, first: int) -> torch.Tensor:
         """Entries (kv_heads, groups * group, head_dim) of `layer` at positions first.. ->
@@ -173,6 +204,12 @@ class KIVI8(KIVI):
 class KIVI4(KIVI):
     name = "kivi4"
     bits = 4
+
+
+class KIVI4V3(KIVI):
+    name = "kivi4v3"
+    bits = 4
+    value_bits = 3
 
 
 class KIVI2(KIVI):

@@ -158,13 +158,14 @@ def d2o(x):
     return out
 
 
-def kivi_roundtrip(keys: torch.Tensor, values: torch.Tensor, bits: int, group: int):
+def kivi_roundtrip(keys: torch.Tensor, values: torch.Tensor, bits: int, group: int,
+                   value_bits: int | None = None):
     """KIVI's rule, one element at a time: keys per channel over each group of tokens,
     values per token over its channels; asymmetric min/max with fp16 scale and minimum.
-    keys, values (kv_heads, n * group, head_dim) -> what dequantization gives back."""
-    levels = 2**bits - 1
+    keys, values (kv_heads, n * group, head_dim) -> what dequantization gives back.
+    Values take `value_bits` (default: `bits`)."""
 
-    def roundtrip(xs: list[float]) -> list[float]:
+    def roundtrip(xs: list[float], levels: int = 2**bits - 1) -> list[float]:
         low = torch.tensor(min(xs), dtype=torch.float16).item()
         scale = torch.tensor((max(xs) - low) / levels, dtype=torch.float16).item() or 1.0
         return [min(max(round((x - low) / scale), 0), levels) * scale + low for x in xs]
@@ -178,7 +179,8 @@ def kivi_roundtrip(keys: torch.Tensor, values: torch.Tensor, bits: int, group: i
                 for t, x in zip(range(start, start + group), roundtrip(column)):
                     k_out[h, t, d] = x
         for t in range(length):  # values: one token at a time
-            v_out[h, t] = torch.tensor(roundtrip([float(v) for v in values[h, t]]))
+            v_out[h, t] = torch.tensor(roundtrip([float(v) for v in values[h, t]],
+                                                 2 ** (value_bits or bits) - 1))
     return k_out, v_out
 
 

@@ -21,15 +21,16 @@ def kv(seed: int, heads=2, groups=2, group=16, dim=8):
     return keys, values
 
 
-@pytest.mark.parametrize("bits", [8, 4, 2])
+@pytest.mark.parametrize("bits,value_bits", [(8, None), (4, None), (2, None), (4, 3)],
+                         ids=["8", "4", "2", "k4v3"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_pack_unpack_equals_the_paper_rule(bits, seed):
+def test_pack_unpack_equals_the_paper_rule(bits, value_bits, seed):
     keys, values = kv(seed)
-    fmt = PackedFormat(bits, head_dim=8, group=16)
+    fmt = PackedFormat(bits, head_dim=8, group=16, value_bits=value_bits)
     packed = pack_groups(keys, values, fmt)
     assert packed.dtype == torch.uint8 and packed.shape == (2, 2, fmt.group_bytes)
     got_k, got_v = unpack_groups(packed, fmt)
-    ref_k, ref_v = kivi_roundtrip(keys, values, bits, 16)
+    ref_k, ref_v = kivi_roundtrip(keys, values, bits, 16, value_bits)
     torch.testing.assert_close(got_k, ref_k, rtol=0, atol=1e-3)
     torch.testing.assert_close(got_v, ref_v, rtol=0, atol=1e-3)
 
@@ -48,12 +49,26 @@ def test_error_shrinks_with_bits_and_keys_keep_their_outlier_channel():
     assert errors[0][1] > errors[1][1] > errors[2][1]
 
 
-@pytest.mark.parametrize("bits", [8, 4, 2])
+@pytest.mark.parametrize("bits", [8, 4, 3, 2, 5])
 def test_codes_pack_losslessly(bits):
     codes = torch.randint(0, 2**bits, (3, 64), dtype=torch.uint8)
     packed = pack_codes(codes, bits)
     assert packed.shape == (3, 64 * bits // 8)
     assert torch.equal(unpack_codes(packed, bits), codes)
+    # the byte string: code i at bit i * bits of the row, little-endian
+    number = sum(int(c) << (i * bits) for i, c in enumerate(codes[1]))
+    assert bytes(packed[1].tolist()) == number.to_bytes(64 * bits // 8, "little")
+
+
+def test_mixed_widths_take_their_bytes_and_odd_sizes_are_refused():
+    fmt = PackedFormat(4, head_dim=64, group=128, value_bits=3)  # kivi4v3
+    assert (fmt.key_bytes, fmt.value_bytes) == (4096, 3072)
+    assert fmt.group_bytes == 4096 + 3072 + 2 * 2 * (64 + 128)
+    assert 2 * 128 * 64 * 2 / fmt.group_bytes == pytest.approx(4.13, abs=0.01)  # vs bf16
+    with pytest.raises(ValueError, match="whole bytes"):
+        PackedFormat(4, head_dim=6, group=2, value_bits=3)  # 12 codes of 3 bits
+    with pytest.raises(ValueError, match="bf16"):
+        PackedFormat(16, head_dim=64, value_bits=4)
 
 
 def test_bytes_per_entry_and_blocks_needed():

@@ -17,6 +17,8 @@ from loadtests.kv_quant_probe import (
 @pytest.mark.parametrize("bits", [8, 4, 2])
 def test_bytes_per_entry_is_the_packed_formats(bits):
     assert bytes_per_entry(bits, bits, 64) == PackedFormat(bits, 64).bits_per_entry() / 8
+    # codes plus an fp16 scale and minimum per key channel per group and per value token
+    assert bytes_per_entry(4, 3, 64) == pytest.approx((4 / 8 + 4 / GROUP + 3 / 8 + 4 / 64) / 2)
 
 
 def test_variant_names():
