@@ -4,14 +4,18 @@ whole 128-token groups of KV quantized and dequantized with the server's own KIV
 (`cache_policies.compress.kivi`: keys per channel over a group, values per token) and
 greedy decoding continued from that cache; the prompt's last partial group stays exact,
 as the block being written does in the engine. A variant names the key and value bits and
-whether each head's channels are first rotated by an orthonormal Hadamard matrix (QuaRot's
+flags: `h`, each head's channels first rotated by an orthonormal Hadamard matrix (QuaRot's
 idea: the rotation spreads outlier channels, so a per-token or per-channel range wastes
-fewer codes); the rotation is undone after dequantizing. Reported against the full cache
+fewer codes), undone after dequantizing; `p`, keys quantized before RoPE (KVQuant's
+pre-RoPE keys: RoPE turns each channel pair by a position-dependent angle, which mixes
+the channels a per-channel range is fitted to; the keys are un-rotated with their
+positions, as CSKV does, and rotated again after); `s`, the first group (the attention
+sinks) kept exact, as IntactKV argues. Reported against the full cache
 on the same prompts: identical outputs, token agreement, the task score, and the KV bytes
 per entry against bf16's 2 (scales and minimums included).
 
     python -m loadtests.kv_quant_probe --tasks niah_multikey,niah_multivalue \\
-        --length 2048 --samples 16 --variants k4v4,k4v4h,k4v3,k4v3h,k3v4h
+        --length 2048 --samples 16 --variants k4v4,k4v4h,k4v3,k4v3p,k4v3ps
 
 This is a screen, not the harness: the engine packs at the end of prefill and again as
 blocks fill during decode, which this does not; `bench policies` measures what is served.
@@ -23,16 +27,28 @@ import argparse
 import math
 import re
 import time
+from typing import NamedTuple
 
 GROUP = 128  # tokens per key-scale group, as the server's KIVI
 
 
-def parse_variant(text: str) -> tuple[int, int, bool]:
-    """"k4v3h" -> (4, 3, True): key bits, value bits, Hadamard rotation."""
-    match = re.fullmatch(r"k(\d+)v(\d+)(h?)", text)
-    if not match or not all(1 <= int(b) <= 8 for b in match.groups()[:2]):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected k<bits>v<bits>[h], bits 1-8")
-    return int(match[1]), int(match[2]), bool(match[3])
+class Variant(NamedTuple):
+    key_bits: int
+    value_bits: int
+    hadamard: bool = False
+    pre_rope: bool = False
+    sinks: bool = False
+
+
+def parse_variant(text: str) -> Variant:
+    """"k4v3hp" -> Variant(4, 3, hadamard=True, pre_rope=True): key bits, value bits, flags
+    h (Hadamard rotation), p (pre-RoPE keys), s (the sink group exact), each at most once."""
+    match = re.fullmatch(r"k(\d+)v(\d+)([hps]*)", text)
+    if (not match or not all(1 <= int(b) <= 8 for b in match.groups()[:2])
+            or len(set(match[3])) != len(match[3])):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected k<bits>v<bits>[h][p][s], "
+                                         "bits 1-8")
+    return Variant(int(match[1]), int(match[2]), *(flag in match[3] for flag in "hps"))
 
 
 def bytes_per_entry(key_bits: int, value_bits: int, head_dim: int) -> float:
@@ -52,38 +68,49 @@ def hadamard(n: int):
     return h / math.sqrt(n)
 
 
-def quantized(keys, values, key_bits: int, value_bits: int, rotate: bool):
-    """keys, values (batch, heads, length, dim) with their whole groups quantized and
-    dequantized; the tail shorter than a group unchanged."""
+def quantized(keys, values, variant: Variant, rope_theta: float = 1e4):
+    """keys (RoPE applied), values (batch, heads, length, dim) with their whole groups
+    quantized and dequantized (the first kept exact with `sinks`); the tail shorter than a
+    group unchanged."""
+    from cache_policies.compress.cskv import rope_tables, rotate
     from cache_policies.compress.kivi import dequantize, quantize
 
     batch, heads, length, dim = keys.shape
+    first = GROUP if variant.sinks else 0
     whole = length // GROUP * GROUP
-    if not whole:
+    if whole <= first:
         return keys, values
-    k, v = keys[:, :, :whole], values[:, :, :whole]
-    rotation = hadamard(dim) if rotate else None
-    if rotate:
+    k, v = keys[:, :, first:whole], values[:, :, first:whole]
+    if variant.pre_rope:
+        cos, sin = rope_tables(first, whole - first, dim, rope_theta)
+        k = rotate(k, cos, -sin)
+    rotation = hadamard(dim) if variant.hadamard else None
+    if variant.hadamard:
         k, v = k @ rotation, v @ rotation
-    shape = (batch, heads, whole // GROUP, GROUP, dim)
-    k = dequantize(*quantize(k.reshape(shape), key_bits, dim=3)).reshape(k.shape)
-    v = dequantize(*quantize(v.reshape(shape), value_bits, dim=4)).reshape(v.shape)
-    if rotate:
+    shape = (batch, heads, (whole - first) // GROUP, GROUP, dim)
+    k = dequantize(*quantize(k.reshape(shape), variant.key_bits, dim=3)).reshape(k.shape)
+    v = dequantize(*quantize(v.reshape(shape), variant.value_bits, dim=4)).reshape(v.shape)
+    if variant.hadamard:
         k, v = k @ rotation.T, v @ rotation.T
+    if variant.pre_rope:
+        k = rotate(k, cos, sin)
     keys, values = keys.clone(), values.clone()
-    keys[:, :, :whole], values[:, :, :whole] = k, v
+    keys[:, :, first:whole], values[:, :, first:whole] = k, v
     return keys, values
 
 
-def greedy(model, ids, tokens: int, variant=None) -> list[int]:
+def greedy(model, ids, tokens: int, variant: Variant | None = None) -> list[int]:
     import torch
+
+    from cache_policies.compress.cskv import rope_parameters
 
     with torch.no_grad():
         out = model(ids, use_cache=True)
         cache = out.past_key_values
         if variant is not None:
             for layer in cache.layers:
-                layer.keys, layer.values = quantized(layer.keys, layer.values, *variant)
+                layer.keys, layer.values = quantized(layer.keys, layer.values, variant,
+                                                     rope_parameters(model.config)["rope_theta"])
         produced = [out.logits[:, -1].argmax(-1, keepdim=True)]
         while len(produced) < tokens:
             out = model(produced[-1], past_key_values=cache, use_cache=True)
@@ -98,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--length", type=int, default=2048)
     parser.add_argument("--samples", type=int, default=16, help="in all, tasks in turn")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--variants", default="k4v4,k4v4h,k4v3,k4v3h,k3v4h")
+    parser.add_argument("--variants", default="k4v4,k4v3,k4v3p,k4v3ps")
     args = parser.parse_args(argv)
     variants = {name: parse_variant(name) for name in args.variants.split(",")}
 
@@ -142,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     full_score = 100 * rows["full"]["score"] / n
     for name, row in rows.items():
         size = 2.0 if name == "full" else bytes_per_entry(*variants[name][:2], head_dim)
+        # (`s` adds one group in bf16 per request: not in this per-entry count)
         mean = 100 * row["score"] / n
         share = f"{mean / full_score:.1%}" if full_score else "-"
         print(f"| {name} | {size:.3f} | {2 / size:.2f}x | {mean:.1f} | {share} | "

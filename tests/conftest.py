@@ -130,6 +130,21 @@ def model_name(client) -> str:
     return client.models.list().data[0].id
 
 
+def engine_core(server: ServerProcess):
+    """The server's vLLM EngineCore child process (psutil.Process)."""
+    import contextlib
+
+    import psutil
+
+    cores = []
+    for proc in psutil.Process(server.proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "EngineCore" in proc.name() + " ".join(proc.cmdline()):
+                cores.append(proc)
+    assert len(cores) == 1, f"engine core processes: {cores}"
+    return cores[0]
+
+
 def metric_value(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of `name` whose labels include `labels` (Prometheus text)."""
     from loadtests.prom import value

@@ -14,7 +14,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import metric_value
+from tests.conftest import engine_core, metric_value
 
 pytestmark = pytest.mark.engine
 
@@ -78,19 +78,12 @@ def engine_frozen(server):
     the steps already made (its metrics then describe the engine's last step)."""
     import signal
 
-    import psutil
-
-    cores = []
-    for proc in psutil.Process(server.proc.pid).children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            if "EngineCore" in proc.name() + " ".join(proc.cmdline()):
-                cores.append(proc)
-    assert len(cores) == 1, f"engine core processes: {cores}"
-    cores[0].send_signal(signal.SIGSTOP)
+    core = engine_core(server)
+    core.send_signal(signal.SIGSTOP)
     try:
         yield
     finally:
-        cores[0].send_signal(signal.SIGCONT)
+        core.send_signal(signal.SIGCONT)
 
 
 def settled_metrics(scraper: httpx.Client, quiet: float = 0.5, timeout: float = 60) -> str:

@@ -6,10 +6,9 @@ import signal
 import time
 
 import httpx
-import psutil
 import pytest
 
-from tests.conftest import longserve_eager
+from tests.conftest import engine_core, longserve_eager
 
 pytestmark = pytest.mark.engine
 
@@ -26,10 +25,7 @@ def test_engine_death_makes_ready_false_and_exits_nonzero(tmp_path):
                           "--kv-cache-memory", "256MiB").start()
     try:
         srv.wait_ready()
-        engine_core = [p for p in psutil.Process(srv.proc.pid).children(recursive=True)
-                       if "EngineCore" in " ".join(p.cmdline() + [p.name()])]
-        assert engine_core, "no EngineCore child process found"
-        engine_core[0].send_signal(signal.SIGKILL)
+        engine_core(srv).send_signal(signal.SIGKILL)
         seen = set()
         deadline = time.monotonic() + 30
         while srv.proc.poll() is None and time.monotonic() < deadline:

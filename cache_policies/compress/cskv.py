@@ -90,6 +90,13 @@ class Artifact:
         return self.key_basis.shape[2]
 
 
+def rope_parameters(config) -> dict:
+    """A Hugging Face config's RoPE settings (`rope_parameters` in transformers 5, the
+    older `rope_theta` otherwise)."""
+    return getattr(config, "rope_parameters", None) or {
+        "rope_type": "default", "rope_theta": getattr(config, "rope_theta", 10000.0)}
+
+
 def rope_tables(first: int, count: int, dim: int, theta: float):
     """cos, sin (count, dim / 2) of positions first..first+count-1 (the default RoPE),
     computed in fp32 as vLLM computes its table, so un-rotating undoes vLLM's rotation."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from cache_policies.compress.cskv import save
+from cache_policies.compress.cskv import rope_parameters, save
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +113,7 @@ def calibrate(model_dir: Path, out: Path, rank: int, value_rank: int | None = No
     if threads:
         torch.set_num_threads(threads)
     config = AutoConfig.from_pretrained(model_dir)
-    rope = getattr(config, "rope_parameters", None) or {
-        "rope_type": "default", "rope_theta": getattr(config, "rope_theta", 10000.0)}
+    rope = rope_parameters(config)
     if config.model_type not in ("llama", "mistral", "qwen2") or rope.get("rope_type") != "default":
         raise ValueError(f"CSKV calibrates Llama-family models with the default RoPE; "
                          f"{model_dir} is {config.model_type!r} with {rope}")
