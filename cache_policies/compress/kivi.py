@@ -20,10 +20,9 @@ block of 128 full-precision entries becomes 3.66 groups' worth of packed space.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
-
-import math
 
 import torch
 
