@@ -20,6 +20,22 @@ def test_ready_is_false_while_loading_and_health_is_alive(server):
     assert server.phases_seen[-1] == "ready"
 
 
+def test_the_log_carries_vllms_periodic_stats_line(server, client, model_name):
+    """As under `vllm serve`: every 10 s with traffic, a line with the requests running
+    and waiting and the KV cache usage."""
+    client.chat.completions.create(model=model_name, max_tokens=4,
+                                   messages=[{"role": "user", "content": "Hi"}])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        stats = [line for line in server.log_path.read_text(errors="replace").splitlines()
+                 if "Engine 000:" in line and "Running:" in line]
+        if stats:
+            assert "KV cache usage:" in stats[-1], stats[-1]
+            return
+        time.sleep(1)
+    raise AssertionError("no stats line in 30 s:\n" + server.log_tail())
+
+
 def test_engine_death_makes_ready_false_and_exits_nonzero(tmp_path):
     srv = longserve_eager(tmp_path / "longserve.log", "--max-model-len", "1024",
                           "--kv-cache-memory", "256MiB").start()
