@@ -121,7 +121,7 @@ def attend_parts(queries: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Te
     """Causal softmax attention of queries (heads, T, dim), the last T positions, over
     keys and values given in consecutive parts, each (kv_heads, P_i, dim), without joining
     them into one copy: (heads, T, dim), fp32."""
-    heads, window, dim = queries.shape
+    heads, window, _ = queries.shape
     logits = torch.cat([_logits(queries, k, scale) for k, _ in parts], dim=-1)
     probs = _causal_softmax(logits, logits.shape[-1] - window)
     shares = probs.split([k.shape[1] for k, _ in parts], dim=-1)

@@ -104,13 +104,13 @@ def greedy(model, ids, tokens: int, variant: Variant | None = None) -> list[int]
 
     from cache_policies.compress.cskv import rope_parameters
 
+    theta = rope_parameters(model.config)["rope_theta"]
     with torch.no_grad():
         out = model(ids, use_cache=True)
         cache = out.past_key_values
         if variant is not None:
             for layer in cache.layers:
-                layer.keys, layer.values = quantized(layer.keys, layer.values, variant,
-                                                     rope_parameters(model.config)["rope_theta"])
+                layer.keys, layer.values = quantized(layer.keys, layer.values, variant, theta)
         produced = [out.logits[:, -1].argmax(-1, keepdim=True)]
         while len(produced) < tokens:
             out = model(produced[-1], past_key_values=cache, use_cache=True)
