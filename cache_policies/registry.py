@@ -24,6 +24,7 @@ KV_POLICIES: dict[str, str] = {
     "cskv4": "cache_policies.compress.cskv:CSKV4",
     "quest": "cache_policies.retrieve.quest:Quest",
     "actqkv": "cache_policies.retrieve.actqkv:ActQKV",
+    "shadow4": "cache_policies.retrieve.shadow:Shadow4",
 }
 
 # The engine-side glue: vLLM's scheduler and worker classes with KV policies built in.

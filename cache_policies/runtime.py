@@ -11,7 +11,7 @@ module never depends on one platform's layout.
 A request under a packing policy (KIVI, CSKV) attends here rather than in the kernel once it
 holds packed entries: the kernel is shown only its in-place blocks and its output rows
 for that request are replaced by attention over the dequantized stream plus those blocks.
-A request under a retrieval policy (Quest, ActQKV) attends here in its decode steps, over
+A request under a retrieval policy (Quest, ActQKV, Shadow4) attends here in its decode steps, over
 the blocks the policy selects for each KV head; the kernel is shown only the block being
 written. Its prefill runs in the kernel, over everything.
 """
@@ -26,7 +26,6 @@ import torch
 
 from cache_policies import offload
 from cache_policies.base import KVPolicy, PolicyInputs, attend_parts, attention_probs
-from cache_policies.retrieve.quest import page_summaries
 from cache_policies.stats import retrieval_stats
 from cache_policies.plan import ATTRIBUTE, PolicyStep
 from cache_policies.registry import make_policy
@@ -56,7 +55,7 @@ class PolicyRuntime:
         self.block_size = 0
         self.accumulated: dict[tuple[str, str], torch.Tensor] = {}  # (req, layer) -> (H, P)
         self.streams: dict[str, tuple[int, ...]] = {}  # req -> blocks holding its packed KV
-        self.summaries: dict[tuple[str, str], torch.Tensor] = {}  # (req, layer) -> (n, H, 2, D)
+        self.summaries: dict[tuple[str, str], torch.Tensor] = {}  # (req, layer) -> (n, ...)
         self.recent: dict[tuple[str, str], torch.Tensor] = {}  # (req, layer) -> (heads, W, D)
         self.retrieval = retrieval_stats()
         self._store = None  # the offload tier, made on first use (in the worker process)
@@ -241,7 +240,7 @@ class PolicyRuntime:
         return self._store
 
     def _summaries(self, impl, layer, key, r: _Row, kv_cache, end: int) -> torch.Tensor:
-        """Page summaries of logical blocks 0..end-1, each block's made once (a full block
+        """Page summaries (the policy's) of logical blocks 0..end-1, each block's made once (a full block
         never changes) while the block is still in the cache."""
         summaries = self.summaries.get(key)
         per_block = self.block_size // r.policy.page
@@ -249,7 +248,7 @@ class PolicyRuntime:
         if done < end:
             keys, _ = impl.read_blocks(layer, kv_cache, r.blocks[done:end],
                                        (end - done) * self.block_size)
-            fresh = page_summaries(keys, r.policy.page)
+            fresh = r.policy.summarize(keys)
             summaries = fresh if summaries is None else torch.cat([summaries, fresh])
             self.summaries[key] = summaries
         return summaries

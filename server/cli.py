@@ -58,8 +58,9 @@ def _serve_parser(sub) -> None:
     add("--kv-budget", type=_number, help="default KV budget: ratio in (0,1] or token count")
     add("--kv-recompress-every", type=int, help="run a request's KV policy again once its "
         "KV has grown this many tokens past the budget while generating (default 1024)")
-    add("--kv-offload", help="where retrieval policies (quest, actqkv) move the blocks they "
-        "are not reading out of the KV memory: none, host (default) or redis://HOST:PORT/DB")
+    add("--kv-offload", help="where retrieval policies (quest, actqkv, shadow4) move the "
+        "blocks they are not reading out of the KV memory: none, host (default) or "
+        "redis://HOST:PORT/DB")
     add("--cskv", help="directory written by `longserve calibrate cskv`: enables the cskv, "
         "cskv8 and cskv4 KV policies (keys and values stored as low-rank features)")
     add("--attention", help="default prefill attention: dense (default) or sparse "

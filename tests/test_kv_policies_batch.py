@@ -23,7 +23,8 @@ import pytest
 pytestmark = pytest.mark.engine
 
 REPO = Path(__file__).resolve().parents[1]
-PAIRS = (("snapkv", "kvmerger"), ("h2o", "d2o"), ("chunkkv", "tova"), ("kivi4", "kivi2"))
+PAIRS = (("snapkv", "kvmerger"), ("h2o", "d2o"), ("chunkkv", "tova"), ("kivi4", "kivi2"),
+         ("quest", "shadow4"))
 TOKENS = 24
 LOGPROB_TOLERANCE = 1e-3  # a corrupted KV moves logprobs by whole units
 

@@ -368,13 +368,13 @@ def test_blocks_that_held_packed_kv_serve_the_next_request_cleanly(server, auth,
         assert run(server, auth, {**short, "cache_salt": uuid.uuid4().hex}) == [reference], name
 
 
-@pytest.mark.parametrize("name", ["quest", "actqkv"])
+@pytest.mark.parametrize("name", ["quest", "actqkv", "shadow4"])
 def test_retrieval_attends_to_a_share_of_blocks_and_keeps_everything(server, auth,
                                                                      needle_prompts, name):
     """Decode steps attend to at most the budget's share of blocks per KV head (the
     workers count them), and every block between the sink and the recent window leaves
-    the engine for the offload tier (host memory by default). Quest still finds this
-    sample's needle; ActQKV is not held to it: as implemented it keeps 13-16% of the
+    the engine for the offload tier (host memory by default). Quest and Shadow4 still
+    find this sample's needle; ActQKV is not held to it: as implemented it keeps 13-16% of the
     full-cache score (BENCHMARKS.md, issue 5, section 2) and misses this needle in
     float32 (found 2 of the 8 samples here)."""
     sample = needle_prompts[1]
@@ -390,7 +390,7 @@ def test_retrieval_attends_to_a_share_of_blocks_and_keeps_everything(server, aut
                       json=body(sample, {"name": name, "budget": 0.25}, salt=uuid.uuid4().hex))
     assert resp.status_code == 200, resp.text
     answer = resp.json()["choices"][0]["message"]["content"]
-    assert answer and (name != "quest" or sample.answers[0] in answer), answer
+    assert answer and (name == "actqkv" or sample.answers[0] in answer), answer
     deadline = time.monotonic() + 5  # the workers write their counts once a second
     while (after := counts())[1] == before[1] and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -35,8 +35,8 @@ def test_settings_read_env_and_init_wins(monkeypatch):
 
 @pytest.mark.parametrize("kwargs, fragment", [
     ({"kv_policy": "nope"}, "valid names: actqkv, chunkkv, cskv, cskv4, cskv8, d2o, full, h2o, "
-                               "kivi2, kivi4, kivi4v3, kivi8, kvmerger, quest, snapkv, streaming, "
-                               "tova"),
+                               "kivi2, kivi4, kivi4v3, kivi8, kvmerger, quest, shadow4, snapkv, "
+                               "streaming, tova"),
     ({"kv_policy": "snapkv", "kv_budget": 0}, "keep at least 1 token"),
     ({"context_strategy": "nope"}, "valid names: chain_of_agents, rag, reject, truncate_middle"),
     ({"kv_policy": "full", "kv_budget": 0.5}, "takes no budget"),

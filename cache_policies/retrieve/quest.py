@@ -65,6 +65,11 @@ class BlockRetriever(KVPolicy):
             return max(1, math.ceil(budget * total_pages))
         return max(1, -(-budget // self.page))
 
+    def summarize(self, keys: torch.Tensor) -> torch.Tensor:
+        """keys (kv_heads, n * page, dim) -> what `scores` reads of each page, made once
+        per full block: (n, ...), pages first."""
+        return page_summaries(keys, self.page)
+
     def scores(self, queries: torch.Tensor, summaries: torch.Tensor,
                scale: float) -> torch.Tensor:
         """queries (heads, W, dim), the newest last -> (kv_heads, n) page scores."""

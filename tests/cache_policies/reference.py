@@ -220,3 +220,26 @@ def activation_probe(queries: torch.Tensor) -> torch.Tensor:
         for t in range(window):
             probe[h] += bias[t] / sum(bias) * queries[h, t].float()
     return probe
+
+
+def page_attention(query: torch.Tensor, keys: torch.Tensor, scale: float,
+                   page: int) -> list[list[float]]:
+    """The attention each page receives, loop by loop: for KV head h, each query head g
+    of its group takes the softmax of its scaled logits over every key; page b's share
+    is the sum over its keys, summed over the group. query (heads, dim)."""
+    kv_heads, length, dim = keys.shape
+    group = query.shape[0] // kv_heads
+    out = []
+    for h in range(kv_heads):
+        row = [0.0] * (length // page)
+        for g in range(group):
+            q = query[h * group + g]
+            logits = [scale * sum(float(q[d]) * float(keys[h, t, d]) for d in range(dim))
+                      for t in range(length)]
+            top = max(logits)
+            weights = [math.exp(x - top) for x in logits]
+            total = sum(weights)
+            for t, w in enumerate(weights):
+                row[t // page] += w / total
+        out.append(row)
+    return out

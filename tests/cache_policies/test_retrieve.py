@@ -1,4 +1,4 @@
-"""Quest and ActQKV page selection against loop references."""
+"""Quest, ActQKV and Shadow4 page selection against loop references."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from cache_policies.registry import make_config, make_policy
 from cache_policies.retrieve.actqkv import activation_probe
 from cache_policies.retrieve.quest import page_summaries, upper_bounds
+from cache_policies.retrieve.shadow import key_shadow, page_attention, shadow_keys
 from tests.cache_policies import reference
 
 BLOCK = 8
@@ -74,3 +75,53 @@ def test_actqkv_cut_keeps_fewer_pages_when_attention_is_concentrated():
 def test_budget_counts_whole_pages():
     assert make_policy(make_config("quest", 0.25)).limit(40) == 10
     assert make_policy(make_config("quest", 300)).limit(40) == 19  # 300 tokens: 19 pages
+
+
+# --- shadow4: pages ranked by attention estimated on 4-bit keys -----------------------
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_shadow_keys_are_kivis_rule_applied_per_page(bits):
+    keys, _ = data(6, blocks=4, dim=8)
+    shadow = key_shadow(keys, BLOCK, bits)
+    assert shadow.dtype == torch.uint8 and shadow.shape[:2] == (4, 2)
+    ref, _ = reference.kivi_roundtrip(keys, keys, bits, BLOCK)
+    torch.testing.assert_close(shadow_keys(shadow, BLOCK, bits), ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_page_attention_matches_the_loop_reference(seed):
+    keys, queries = data(seed)
+    got = page_attention(queries[:, -1], keys, 0.3, BLOCK)
+    ref = torch.tensor(reference.page_attention(queries[:, -1], keys, 0.3, BLOCK))
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got.sum(1), torch.full((2,), 3.0))  # 3 query heads per KV head
+
+
+def test_shadow4_scores_are_page_attention_over_the_dequantized_shadow():
+    keys, queries = data(7, blocks=12)
+    policy = make_policy(make_config("shadow4", 0.25))
+    summaries = policy.summarize(keys)
+    assert summaries.shape[0] == 12 * BLOCK // policy.page
+    ref, _ = reference.kivi_roundtrip(keys, keys, 4, policy.page)
+    torch.testing.assert_close(policy.scores(queries, summaries, 0.4),
+                               page_attention(queries[:, -1], ref, 0.4, policy.page),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_shadow4_finds_the_page_a_query_attends_to_where_quest_bounds_cannot():
+    """A page whose keys all point a little along the query (high attention) against pages
+    of spread keys, one of whose channels reaches far along it: Quest's box bound
+    prefers the spread pages, the estimated attention the aligned one."""
+    g = torch.Generator().manual_seed(8)
+    dim, page = 16, 16
+    query = torch.zeros(3, dim)
+    query[:, :2] = torch.tensor([1.0, 1.0])
+    keys = torch.randn(1, 8 * page, dim, generator=g) * 0.5
+    keys[0, :, :2] = torch.where(torch.arange(8 * page).unsqueeze(1) % 2 == 0,
+                                 torch.tensor([4.0, -4.0]), torch.tensor([-4.0, 4.0]))
+    keys[0, 3 * page: 4 * page, :2] = 2.5  # page 3: every key aligned with the query
+    policy = make_policy(make_config("shadow4", 0.25))
+    scores = policy.scores(query.unsqueeze(1), policy.summarize(keys), 1.0)
+    assert int(scores.argmax()) == 3
+    bounds = upper_bounds(query, page_summaries(keys, page))
+    assert int(bounds.argmax()) != 3
