@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import time
 from typing import NamedTuple
 
 GROUP = 128  # tokens per key-scale group, as the server's KIVI
@@ -99,25 +98,6 @@ def quantized(keys, values, variant: Variant, rope_theta: float = 1e4):
     return keys, values
 
 
-def greedy(model, ids, tokens: int, variant: Variant | None = None) -> list[int]:
-    import torch
-
-    from cache_policies.compress.cskv import rope_parameters
-
-    theta = rope_parameters(model.config)["rope_theta"]
-    with torch.no_grad():
-        out = model(ids, use_cache=True)
-        cache = out.past_key_values
-        if variant is not None:
-            for layer in cache.layers:
-                layer.keys, layer.values = quantized(layer.keys, layer.values, variant, theta)
-        produced = [out.logits[:, -1].argmax(-1, keepdim=True)]
-        while len(produced) < tokens:
-            out = model(produced[-1], past_key_values=cache, use_cache=True)
-            produced.append(out.logits[:, -1].argmax(-1, keepdim=True))
-    return [int(token) for token in produced]
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtests.kv_quant_probe",
                                      description=__doc__.split("\n\n")[0])
@@ -129,51 +109,33 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     variants = {name: parse_variant(name) for name in args.variants.split(",")}
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from cache_policies.compress.cskv import rope_parameters
+    from loadtests.probe_common import compare, greedy, load_model
 
-    from loadtests.scoring import score, token_agreement
-    from loadtests.tasks import build_sample
-    from server.model_store import prepare
-
-    path = str(prepare()[0])
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tokenizer, model = load_model()
     head_dim = model.config.hidden_size // model.config.num_attention_heads
-    tasks = args.tasks.split(",")
-    rows = {name: {"score": 0.0, "identical": 0, "agreement": 0.0}
-            for name in ["full", *variants]}
-    start = time.monotonic()
-    for index in range(args.samples):
-        sample = build_sample(tasks[index % len(tasks)], args.length, index // len(tasks),
-                              args.seed, tokenizer)
-        prefixed = sample.messages[-1]["role"] == "assistant"  # as the server renders it
-        ids = tokenizer.apply_chat_template(
-            sample.messages, add_generation_prompt=not prefixed,
-            continue_final_message=prefixed, return_tensors="pt", return_dict=True)["input_ids"]
-        full = greedy(model, ids, sample.max_tokens)
-        for name, variant in [("full", None), *variants.items()]:
-            out = full if variant is None else greedy(model, ids, sample.max_tokens, variant)
-            row = rows[name]
-            row["score"] += score(tokenizer.decode(out, skip_special_tokens=True),
-                                  sample.answers, sample.metric)
-            row["identical"] += out == full
-            row["agreement"] += token_agreement(out, full)
-        print(f"{index + 1}/{args.samples} samples, {time.monotonic() - start:.0f} s",
-              flush=True)
-    n = args.samples
-    print(f"\n{n} samples of {','.join(tasks)} at {args.length} tokens, seed {args.seed}\n")
+    theta = rope_parameters(model.config)["rope_theta"]
+
+    def decode(name, ids, tokens):
+        def edit(cache):
+            for layer in cache.layers:
+                layer.keys, layer.values = quantized(layer.keys, layer.values,
+                                                     variants[name], theta)
+
+        return greedy(model, ids, tokens, None if name is None else edit)
+
+    rows = compare(tokenizer, args.tasks.split(","), args.length, args.samples, args.seed,
+                   list(variants), decode)
+    print(f"\n{args.samples} samples of {args.tasks} at {args.length} tokens, seed "
+          f"{args.seed}\n")
     print("| variant | bytes/entry | fewer than bf16 | score | of full | identical | "
           "token agreement |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    full_score = 100 * rows["full"]["score"] / n
     for name, row in rows.items():
         size = 2.0 if name == "full" else bytes_per_entry(*variants[name][:2], head_dim)
         # (`s` adds one group in bf16 per request: not in this per-entry count)
-        mean = 100 * row["score"] / n
-        share = f"{mean / full_score:.1%}" if full_score else "-"
-        print(f"| {name} | {size:.3f} | {2 / size:.2f}x | {mean:.1f} | {share} | "
-              f"{row['identical']}/{n} | {row['agreement'] / n:.1%} |")
+        print(f"| {name} | {size:.3f} | {2 / size:.2f}x | {row['score']:.1f} | "
+              f"{row['of_full']} | {row['identical']} | {row['agreement']} |")
 
 
 if __name__ == "__main__":

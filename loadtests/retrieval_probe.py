@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import time
 from typing import NamedTuple
 
 BLOCK = 128  # entries per vLLM block on CPU: the block being written is attended whole
@@ -159,19 +158,6 @@ def install(rule: Rule, budget: float, counter: Counter) -> str:
     return name
 
 
-def greedy(model, ids, tokens: int) -> list[int]:
-    import torch
-
-    with torch.no_grad():
-        out = model(ids, use_cache=True)
-        cache = out.past_key_values
-        produced = [out.logits[:, -1].argmax(-1, keepdim=True)]
-        while len(produced) < tokens:
-            out = model(produced[-1], past_key_values=cache, use_cache=True)
-            produced.append(out.logits[:, -1].argmax(-1, keepdim=True))
-    return [int(token) for token in produced]
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtests.retrieval_probe",
                                      description=__doc__.split("\n\n")[0])
@@ -184,56 +170,27 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rules = {name: parse_rule(name) for name in args.variants.split(",")}
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from loadtests.probe_common import compare, greedy, load_model
 
-    from loadtests.scoring import score, token_agreement
-    from loadtests.tasks import build_sample
-    from server.model_store import prepare
-
-    path = str(prepare()[0])
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                 attn_implementation="sdpa").eval()
+    tokenizer, model = load_model(attn_implementation="sdpa")
     counters = {name: Counter() for name in rules}
     names = {name: install(rule, args.budget, counters[name]) for name, rule in rules.items()}
-    tasks = args.tasks.split(",")
-    rows = {name: {"score": 0.0, "identical": 0, "agreement": 0.0}
-            for name in ["full", *rules]}
-    start = time.monotonic()
-    for index in range(args.samples):
-        sample = build_sample(tasks[index % len(tasks)], args.length, index // len(tasks),
-                              args.seed, tokenizer)
-        prefixed = sample.messages[-1]["role"] == "assistant"  # as the server renders it
-        ids = tokenizer.apply_chat_template(
-            sample.messages, add_generation_prompt=not prefixed,
-            continue_final_message=prefixed, return_tensors="pt", return_dict=True)["input_ids"]
-        model.set_attn_implementation("sdpa")
-        full = greedy(model, ids, sample.max_tokens)
-        for name in ["full", *rules]:
-            if name != "full":
-                model.set_attn_implementation(names[name])
-            out = full if name == "full" else greedy(model, ids, sample.max_tokens)
-            row = rows[name]
-            row["score"] += score(tokenizer.decode(out, skip_special_tokens=True),
-                                  sample.answers, sample.metric)
-            row["identical"] += out == full
-            row["agreement"] += token_agreement(out, full)
-        print(f"{index + 1}/{args.samples} samples, {time.monotonic() - start:.0f} s",
-              flush=True)
-    n = args.samples
-    print(f"\n{n} samples of {','.join(tasks)} at {args.length} tokens, seed {args.seed}, "
-          f"budget {args.budget}\n")
+
+    def decode(name, ids, tokens):
+        model.set_attn_implementation("sdpa" if name is None else names[name])
+        return greedy(model, ids, tokens)
+
+    rows = compare(tokenizer, args.tasks.split(","), args.length, args.samples, args.seed,
+                   list(rules), decode)
+    print(f"\n{args.samples} samples of {args.tasks} at {args.length} tokens, seed "
+          f"{args.seed}, budget {args.budget}\n")
     print("| variant | entries attended | score | of full | identical | token agreement |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    full_score = 100 * rows["full"]["score"] / n
     for name, row in rows.items():
         c = counters.get(name)
         share = f"{c.attended / c.held:.1%}" if c and c.held else "100%"
-        mean = 100 * row["score"] / n
-        of_full = f"{mean / full_score:.1%}" if full_score else "-"
-        print(f"| {name} | {share} | {mean:.1f} | {of_full} | {row['identical']}/{n} | "
-              f"{row['agreement'] / n:.1%} |")
+        print(f"| {name} | {share} | {row['score']:.1f} | {row['of_full']} | "
+              f"{row['identical']} | {row['agreement']} |")
 
 
 if __name__ == "__main__":
