@@ -11,9 +11,9 @@ module never depends on one platform's layout.
 A request under a packing policy (KIVI, CSKV) attends here rather than in the kernel once it
 holds packed entries: the kernel is shown only its in-place blocks and its output rows
 for that request are replaced by attention over the dequantized stream plus those blocks.
-A request under a retrieval policy (Quest, ActQKV, Shadow4) attends here in its decode steps, over
-the blocks the policy selects for each KV head; the kernel is shown only the block being
-written. Its prefill runs in the kernel, over everything.
+A request under a retrieval policy (Quest, ActQKV, Shadow4) attends here in its decode
+steps, over the blocks the policy selects for each KV head; the kernel is shown only the
+block being written. Its prefill runs in the kernel, over everything.
 """
 
 from __future__ import annotations
@@ -240,8 +240,8 @@ class PolicyRuntime:
         return self._store
 
     def _summaries(self, impl, layer, key, r: _Row, kv_cache, end: int) -> torch.Tensor:
-        """Page summaries (the policy's) of logical blocks 0..end-1, each block's made once (a full block
-        never changes) while the block is still in the cache."""
+        """The policy's page summaries of logical blocks 0..end-1, each block's made once (a
+        full block never changes) while the block is still in the cache."""
         summaries = self.summaries.get(key)
         per_block = self.block_size // r.policy.page
         done = 0 if summaries is None else summaries.shape[0] // per_block
