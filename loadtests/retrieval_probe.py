@@ -76,11 +76,11 @@ def make_policy(rule: Rule, budget: float):
             keys = summaries.transpose(0, 1).flatten(1, 2)
             return sparq_scores(queries[:, -1], keys, self.channels, self.page)
 
-    kind = re.match(r"[a-z]+", rule.kind)[0]
+    kind, digits = re.fullmatch(r"([a-z]+)(\d*)", rule.kind).groups()
     base = {"quest": Quest, "oracle": Oracle, "shadow": Shadow4, "sparq": SparQ}[kind]
-    width = {"bits": int(rule.kind[6:])} if kind == "shadow" else (
-        {"channels": int(rule.kind[5:])} if kind == "sparq" else {})
-    cls = type(base.__name__, (base,), {"page": rule.page, **width})
+    width = {"shadow": "bits", "sparq": "channels"}.get(kind)
+    extra = {width: int(digits)} if width else {}
+    cls = type(base.__name__, (base,), {"page": rule.page, **extra})
     return cls(KVPolicyConfig(base.name, budget))
 
 
@@ -109,6 +109,8 @@ def sparq_scores(query, keys, channels: int, page: int):
     each page receives, summed over the query heads of the KV head."""
     import torch
 
+    from cache_policies.retrieve.shadow import page_shares
+
     kv_heads, length, dim = keys.shape
     group = query.shape[0] // kv_heads
     q = query.float().view(kv_heads, group, dim)
@@ -117,8 +119,7 @@ def sparq_scores(query, keys, channels: int, page: int):
     k_r = k.gather(-1, top.unsqueeze(2).expand(-1, -1, length, -1))
     q_r = q.gather(-1, top)
     temperature = (dim * q_r.abs().sum(-1) / q.abs().sum(-1)).sqrt().unsqueeze(-1)
-    probs = (torch.einsum("hgr,hglr->hgl", q_r, k_r) / temperature).softmax(-1)
-    return probs.sum(1).view(kv_heads, length // page, page).sum(-1)
+    return page_shares(torch.einsum("hgr,hglr->hgl", q_r, k_r) / temperature, page)
 
 
 class Counter:

@@ -52,15 +52,20 @@ def shadow_keys(shadow: torch.Tensor, page: int, bits: int = BITS) -> torch.Tens
     return keys.transpose(0, 1).reshape(heads, n * page, dim)
 
 
+def page_shares(logits: torch.Tensor, page: int) -> torch.Tensor:
+    """logits (kv_heads, group, n * page), scaled -> (kv_heads, n): the attention each
+    page receives (softmax per query head), summed over the query heads of each KV head."""
+    kv_heads, _, length = logits.shape
+    return logits.softmax(-1).sum(1).view(kv_heads, length // page, page).sum(-1)
+
+
 def page_attention(query: torch.Tensor, keys: torch.Tensor, scale: float,
                    page: int) -> torch.Tensor:
-    """query (heads, dim), keys (kv_heads, n * page, dim) -> (kv_heads, n): the attention
-    each page receives (softmax over these keys per query head), summed over the query
-    heads of each KV head."""
-    kv_heads, length, dim = keys.shape
+    """query (heads, dim), keys (kv_heads, n * page, dim) -> (kv_heads, n): `page_shares`
+    of the exact logits of these keys."""
+    kv_heads, _, dim = keys.shape
     q = query.float().view(kv_heads, -1, dim)
-    probs = (torch.einsum("hgd,hld->hgl", q, keys.float()) * scale).softmax(-1)
-    return probs.sum(1).view(kv_heads, length // page, page).sum(-1)
+    return page_shares(torch.einsum("hgd,hld->hgl", q, keys.float()) * scale, page)
 
 
 class Shadow4(BlockRetriever):
