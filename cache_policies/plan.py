@@ -32,14 +32,17 @@ class Compaction:
     """Run the policy on this step's last queries and write the survivors of `sources`
     (full blocks, in order) into `targets` (fresh blocks); `tail` (holding `tail_tokens`
     entries, the newest) stays where it is. A packing policy appends the packed
-    `sources` to its byte stream, which `targets` extend. A retrieval policy with the
-    offload tier moves `sources`, logical blocks `start`.., out to the tier (no targets)."""
+    `sources` to its byte stream, which `targets` extend; with `keep`, only the `keep`
+    entries per KV head that the policy chooses among them (a policy that evicts, then
+    packs). A retrieval policy with the offload tier moves `sources`, logical blocks
+    `start`.., out to the tier (no targets)."""
 
     sources: tuple[int, ...]
     tail: int
     tail_tokens: int
     targets: tuple[int, ...]
     start: int = 0
+    keep: int = 0
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ KV_POLICIES: dict[str, str] = {
     "kivi8": "cache_policies.compress.kivi:KIVI8",
     "kivi4": "cache_policies.compress.kivi:KIVI4",
     "kivi4v3": "cache_policies.compress.kivi:KIVI4V3",
+    "chunkkv_kivi8": "cache_policies.compress.chunk_kivi:ChunkKVKIVI8",
     "kivi2": "cache_policies.compress.kivi:KIVI2",
     "cskv": "cache_policies.compress.cskv:CSKV16",
     "cskv8": "cache_policies.compress.cskv:CSKV8",

@@ -188,7 +188,7 @@ class PolicyRuntime:
                     rows.copy_(self._packed_attention(impl, layer, r, query[q_start:q_end],
                                                       kv_cache).reshape(rows.shape))
                 if compaction is not None:
-                    self._pack(impl, layer, r, kv_cache)
+                    self._pack(impl, layer, r, query[q_start:q_end], kv_cache)
                 continue
             accumulate = r.policy.accumulates and (q_end - q_start > 1 or compaction)
             if compaction is None and not accumulate:
@@ -296,13 +296,22 @@ class PolicyRuntime:
         raw = kv_cache[torch.tensor(c.sources, dtype=torch.long)]
         self.store.put(r.req_id, key[1], c.start, raw)
 
-    def _pack(self, impl, layer, r: _Row, kv_cache) -> None:
-        """Quantize the compaction's sources and append them to the stream."""
-        step, c = r.step, r.step.compaction
-        fmt = r.policy.format(impl.head_size, self.block_size)
-        sources = torch.tensor(c.sources, dtype=torch.long)
-        keys, values = impl.read_blocks(layer, kv_cache, sources, len(c.sources) * self.block_size)
-        first = (step.pinned + step.packed_groups) * self.block_size  # the stream is in order
+    def _pack(self, impl, layer, r: _Row, query, kv_cache) -> None:
+        """Quantize the compaction's sources (with `keep`, the policy's survivors among
+        them) and append them to the stream."""
+        step, c, bs = r.step, r.step.compaction, self.block_size
+        fmt = r.policy.format(impl.head_size, bs)
+        if c.keep:  # the first packing: nothing packed yet, every block after `pinned` in place
+            keys, values = impl.read_blocks(layer, kv_cache, r.live[step.pinned:],
+                                            r.length - step.pinned * bs)
+            window = min(r.policy.window, query.shape[0])
+            kept = r.policy.compress(PolicyInputs(keys, values, query[-window:].transpose(0, 1),
+                                                  impl.scale, len(c.sources) * bs, c.keep))
+            keys, values = kept.keys, kept.values
+        else:
+            sources = torch.tensor(c.sources, dtype=torch.long)
+            keys, values = impl.read_blocks(layer, kv_cache, sources, len(c.sources) * bs)
+        first = (step.pinned + step.packed_groups) * bs  # the stream is in order
         packed = r.policy.pack(keys, values, fmt, layer_index(layer), first).flatten(1)
         blocks = torch.tensor(self._stream_blocks(step), dtype=torch.long)
         stream = impl.read_stream(layer, kv_cache, blocks)

@@ -16,9 +16,11 @@ memory than the shared original (BENCHMARKS.md, capacity). Blocks written
 after a compaction hold KV computed under compressed attention and are never registered.
 Preemption frees everything and recomputes from tokens; the policy then runs again.
 
-Packing policies (KIVI) keep every entry: at the same moments, the full blocks behind the
-one being written are quantized into the request's byte stream (`plan.py`), which takes
-fresh blocks only as it grows, and the full-precision blocks go back to the pool.
+Packing policies (KIVI) keep every entry: at the same moments, the full blocks older than
+the newest `residual` entries are quantized into the request's byte stream (`plan.py`),
+which takes fresh blocks only as it grows, and the full-precision blocks go back to the
+pool. A packing policy with a budget (`chunkkv_kivi8`) packs only its survivors, chosen
+once at the end of prefill.
 Retrieval policies (Quest, ActQKV) keep every entry and select per step on the workers;
 with the offload tier on, each full block between the sink block and the recent window
 is handed to the tier as it ages and goes back to the pool.
@@ -105,8 +107,8 @@ class PolicyScheduler(Scheduler):
             cls = policy_class(config.name)
             if cls.accumulates:  # it needs the attention of every prompt query
                 request.skip_reading_prefix_cache = True
-            budget = (0 if cls.packs else
-                      config.budget_tokens(request.num_prompt_tokens, cls.default_budget))
+            budget = (config.budget_tokens(request.num_prompt_tokens, cls.default_budget)
+                      if cls.takes_budget else 0)
             self._policies[request.request_id] = _Request(config, cls, budget)
             self._stats.add(config.name, requests=1)
         super().add_request(request)
@@ -151,7 +153,7 @@ class PolicyScheduler(Scheduler):
             if length < request.num_prompt_tokens:
                 return None
             state.prefilled = True
-        elif live < state.budget + self._recompress_every and not cls.retrieves:
+        elif live < (0 if cls.packs else state.budget) + self._recompress_every and not cls.retrieves:
             return None
         blocks = self._manager.req_to_blocks[request.request_id]
         last = (length - 1) // bs
@@ -207,13 +209,21 @@ class PolicyScheduler(Scheduler):
 
     def _plan_packing(self, request, state: _Request, blocks, last: int,
                       length: int) -> Compaction | None:
-        """Quantize the full in-place blocks before `last` into the byte stream."""
+        """Quantize the full in-place blocks before `last` into the byte stream, except
+        those holding the newest `residual` entries (they stay in full precision). A
+        policy with a budget first chooses, once, the survivors among the prompt's blocks:
+        as many whole groups as the budget leaves after the entries that stay in place."""
         bs, pinned = self._manager.block_size, state.pinned
         start = state.tail_start or pinned
-        sources = blocks[start:last]
+        end = min(last, (length - state.cls.residual) // bs)
+        sources = blocks[start:end]
         packed = list(state.front[pinned:])
         fmt = state.cls.format(self._head_size, bs)
-        groups = state.packed_groups + len(sources)
+        new_groups = len(sources)
+        if state.budget and not state.packed_groups:
+            new_groups = min(new_groups, max(1, round((state.budget - (length - end * bs)) / bs)
+                                             - pinned))
+        groups = state.packed_groups + new_groups
         need = fmt.blocks_for(groups, self._head_block_bytes) - len(packed)
         if not sources or need >= len(sources):
             return None
@@ -224,12 +234,13 @@ class PolicyScheduler(Scheduler):
         targets = pool.get_new_blocks(need) if need > 0 else []
         packed += targets
         blocks[pinned:pinned + len(packed)] = packed
-        blocks[pinned + len(packed):last] = [pool.null_block] * (last - pinned - len(packed))
+        blocks[pinned + len(packed):end] = [pool.null_block] * (end - pinned - len(packed))
         pool.free_blocks(reversed(sources))
         self._manager.num_cached_block[request.request_id] = sys.maxsize
-        state.front, state.tail_start, state.packed_groups = blocks[:pinned + len(packed)], last, groups
-        tokens = len(sources) * bs
-        self._stats.add(state.config.name, compactions=1, tokens_before=tokens, tokens_kept=tokens,
-                        blocks_before=len(sources), blocks_freed=len(sources) - need)
+        state.front, state.tail_start, state.packed_groups = blocks[:pinned + len(packed)], end, groups
+        self._stats.add(state.config.name, compactions=1, tokens_before=len(sources) * bs,
+                        tokens_kept=new_groups * bs, blocks_before=len(sources),
+                        blocks_freed=len(sources) - need)
+        keep = new_groups * bs if new_groups < len(sources) else 0
         return Compaction(tuple(b.block_id for b in sources), blocks[last].block_id,
-                          length - last * bs, tuple(b.block_id for b in targets))
+                          length - last * bs, tuple(b.block_id for b in targets), keep=keep)

@@ -10,7 +10,9 @@ fewer codes), undone after dequantizing; `p`, keys quantized before RoPE (KVQuan
 pre-RoPE keys: RoPE turns each channel pair by a position-dependent angle, which mixes
 the channels a per-channel range is fitted to; the keys are un-rotated with their
 positions, as CSKV does, and rotated again after); `s`, the first group (the attention
-sinks) kept exact, as IntactKV argues. Reported against the full cache
+sinks) kept exact, as IntactKV argues; `r`, at least the last group's worth of entries
+kept exact (KIVI's residual window of recent tokens: the question and the answer's
+prefix stay in full precision instead of only the prompt's partial group). Reported against the full cache
 on the same prompts: identical outputs, token agreement, the task score, and the KV bytes
 per entry against bf16's 2 (scales and minimums included).
 
@@ -37,17 +39,19 @@ class Variant(NamedTuple):
     hadamard: bool = False
     pre_rope: bool = False
     sinks: bool = False
+    residual: bool = False
 
 
 def parse_variant(text: str) -> Variant:
     """"k4v3hp" -> Variant(4, 3, hadamard=True, pre_rope=True): key bits, value bits, flags
-    h (Hadamard rotation), p (pre-RoPE keys), s (the sink group exact), each at most once."""
-    match = re.fullmatch(r"k(\d+)v(\d+)([hps]*)", text)
+    h (Hadamard rotation), p (pre-RoPE keys), s (the sink group exact), r (a residual
+    window of at least one group exact), each at most once."""
+    match = re.fullmatch(r"k(\d+)v(\d+)([hpsr]*)", text)
     if (not match or not all(1 <= int(b) <= 8 for b in match.groups()[:2])
             or len(set(match[3])) != len(match[3])):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected k<bits>v<bits>[h][p][s], "
+        raise argparse.ArgumentTypeError(f"{text!r}: expected k<bits>v<bits>[h][p][s][r], "
                                          "bits 1-8")
-    return Variant(int(match[1]), int(match[2]), *(flag in match[3] for flag in "hps"))
+    return Variant(int(match[1]), int(match[2]), *(flag in match[3] for flag in "hpsr"))
 
 
 def bytes_per_entry(key_bits: int, value_bits: int, head_dim: int) -> float:
@@ -70,13 +74,13 @@ def hadamard(n: int):
 def quantized(keys, values, variant: Variant, rope_theta: float = 1e4):
     """keys (RoPE applied), values (batch, heads, length, dim) with their whole groups
     quantized and dequantized (the first kept exact with `sinks`); the tail shorter than a
-    group unchanged."""
+    group unchanged (with `residual`, the last `GROUP` entries at least)."""
     from cache_policies.compress.cskv import rope_tables, rotate
     from cache_policies.compress.kivi import dequantize, quantize
 
     batch, heads, length, dim = keys.shape
     first = GROUP if variant.sinks else 0
-    whole = length // GROUP * GROUP
+    whole = (length - GROUP * variant.residual) // GROUP * GROUP
     if whole <= first:
         return keys, values
     k, v = keys[:, :, first:whole], values[:, :, first:whole]

@@ -91,8 +91,8 @@ def test_completion_prompt_too_long_names_prompt(server, auth):
 
 
 @pytest.mark.parametrize("body, fragment, param", [
-    ({"kv_policy": {"name": "snapkvv"}}, "valid names: actqkv, chunkkv, cskv, cskv4, cskv8, d2o",
-     "kv_policy"),
+    ({"kv_policy": {"name": "snapkvv"}},
+     "valid names: actqkv, chunkkv, chunkkv_kivi8, cskv, cskv4, cskv8, d2o", "kv_policy"),
     ({"kv_policy": {"name": "snapkv", "budget": 1.5}}, "not a valid ratio", "kv_policy"),
     ({"kv_policy": {"name": "full", "budget": 0.5}}, "takes no budget", "kv_policy"),
     ({"kv_policy": {"name": "full", "extra": 1}}, "Extra inputs", "kv_policy.extra"),

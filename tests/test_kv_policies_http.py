@@ -232,25 +232,53 @@ def policy_counters(server, auth, policy: str, text: str | None = None) -> dict[
 
 def test_quantized_kv_answers_as_the_full_cache(server, auth, needle_prompts):
     """8-bit KIVI gives the full cache's greedy tokens; 4-bit, and 4-bit keys with 3-bit
-    values, still find the needle and give back the blocks their formats count."""
+    values, still find the needle and give back the blocks their formats count. Only
+    whole blocks older than the newest 128 entries (KIVI's residual window) are packed."""
     from cache_policies.registry import policy_class
 
     sample = needle_prompts[5]
+    assert sample.prompt_tokens % BLOCK, "the residual must differ from the partial block"
     [full] = run(server, auth, body(sample, salt=uuid.uuid4().hex))
     [kivi8] = run(server, auth, body(sample, {"name": "kivi8"}, salt=uuid.uuid4().hex))
     assert kivi8 == full
-    groups = sample.prompt_tokens // BLOCK - 1  # the full blocks before the one being written
+    groups = (sample.prompt_tokens - 128) // BLOCK  # the blocks before the residual window
     block = BLOCK * 2 * 64 * 4  # bytes per KV head of one float32 block (conftest)
     for name in ("kivi4", "kivi4v3"):
-        before = metric_value(metrics(server, auth), "longserve_kv_blocks_freed_total", policy=name)
+        before = policy_counters(server, auth, name)
         resp = httpx.post(server.url + "/v1/chat/completions", headers=auth, timeout=120,
                           json=body(sample, {"name": name}, salt=uuid.uuid4().hex))
         assert resp.json()["longserve"]["kv_policy"]["name"] == name
         assert sample.answers[0] in resp.json()["choices"][0]["message"]["content"], name
-        freed = metric_value(metrics(server, auth), "longserve_kv_blocks_freed_total",
-                             policy=name) - before
+        after = policy_counters(server, auth, name)
+        assert after["tokens_before"] - before["tokens_before"] == groups * BLOCK, name
+        freed = after["blocks_freed"] - before["blocks_freed"]
         need = policy_class(name).format(64, BLOCK).blocks_for(groups, block)
-        assert freed >= groups - need > 0, (name, freed, groups, need)
+        assert freed == groups - need > 0, (name, freed, groups, need)
+
+
+def test_chunkkv_kivi8_packs_only_its_survivors(server, auth, needle_prompts):
+    """`chunkkv_kivi8` at 0.4: of the blocks before the residual window it packs, at 8 bits,
+    as many groups as the budget leaves after the entries that stay in full precision
+    (chosen as `chunkkv` chooses), gives the rest back, and finds the needle."""
+    from cache_policies.registry import policy_class
+
+    sample = needle_prompts[5]
+    groups = (sample.prompt_tokens - 128) // BLOCK
+    exact = sample.prompt_tokens - groups * BLOCK  # the residual window and the partial block
+    keep = round((math.ceil(0.4 * sample.prompt_tokens) - exact) / BLOCK)
+    assert 0 < keep < groups
+    block = BLOCK * 2 * 64 * 4  # bytes per KV head of one float32 block (conftest)
+    before = policy_counters(server, auth, "chunkkv_kivi8")
+    resp = httpx.post(server.url + "/v1/chat/completions", headers=auth, timeout=120,
+                      json=body(sample, {"name": "chunkkv_kivi8", "budget": 0.4},
+                                salt=uuid.uuid4().hex))
+    assert resp.status_code == 200, resp.text
+    assert sample.answers[0] in resp.json()["choices"][0]["message"]["content"]
+    after = policy_counters(server, auth, "chunkkv_kivi8")
+    assert after["tokens_before"] - before["tokens_before"] == groups * BLOCK
+    assert after["tokens_kept"] - before["tokens_kept"] == keep * BLOCK
+    need = policy_class("chunkkv_kivi8").format(64, BLOCK).blocks_for(keep, block)
+    assert after["blocks_freed"] - before["blocks_freed"] == groups - need
 
 
 def test_cskv_packs_features_and_answers_as_the_full_cache(server, auth, needle_prompts):

@@ -34,9 +34,9 @@ def test_settings_read_env_and_init_wins(monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
-    ({"kv_policy": "nope"}, "valid names: actqkv, chunkkv, cskv, cskv4, cskv8, d2o, full, h2o, "
-                               "kivi2, kivi4, kivi4v3, kivi8, kvmerger, quest, shadow4, snapkv, "
-                               "streaming, tova"),
+    ({"kv_policy": "nope"}, "valid names: actqkv, chunkkv, chunkkv_kivi8, cskv, cskv4, cskv8, "
+                               "d2o, full, h2o, kivi2, kivi4, kivi4v3, kivi8, kvmerger, quest, "
+                               "shadow4, snapkv, streaming, tova"),
     ({"kv_policy": "snapkv", "kv_budget": 0}, "keep at least 1 token"),
     ({"context_strategy": "nope"}, "valid names: chain_of_agents, rag, reject, truncate_middle"),
     ({"kv_policy": "full", "kv_budget": 0.5}, "takes no budget"),
@@ -250,7 +250,8 @@ def test_error_mapper(exc, status, type_):
 @pytest.mark.parametrize("argv, fragment", [
     (["serve", "--no-such-flag", "3"], "unrecognized arguments: --no-such-flag"),
     (["serve", "--kv-policy", "bogus"],
-     "unknown kv_policy 'bogus'; valid names: actqkv, chunkkv, cskv, cskv4, cskv8, d2o"),
+     "unknown kv_policy 'bogus'; valid names: actqkv, chunkkv, chunkkv_kivi8, cskv, cskv4, "
+     "cskv8, d2o"),
     (["serve", "--kv-cache-memory", "lots"], "--kv-cache-memory"),
     (["serve", "--attention", "flash"], "--attention: Input should be 'dense' or 'sparse'"),
     (["serve", "--sparse-config", "density=0.3"], "--sparse-config: not JSON"),

@@ -8,8 +8,10 @@ Quantization is asymmetric (scale and minimum, both stored as fp16) in groups of
   keys:   per channel over the group's tokens (the outlier channels of keys keep their
           own range, which is why KIVI quantizes keys this way),
   values: per token over its channels.
-The newest entries stay in full precision in vLLM's layout until a whole group of them
-is older than the block being written (KIVI's residual window).
+The newest entries stay in full precision in vLLM's layout (KIVI's residual window): a
+block is packed once it is full and at least `residual` newer entries follow it, so the
+request's last 128 to 255 entries — the question and the answer's prefix, at the end of
+a prompt — are never quantized.
 
 One group of one KV head packs into `group_bytes` bytes: key codes, value codes, key
 scale/min per channel, value scale/min per token. The groups of a request form one byte
@@ -180,6 +182,7 @@ class KIVI(KVPolicy):
     packs: ClassVar[bool] = True
     bits: ClassVar[int]
     value_bits: ClassVar[int | None] = None  # None: as the keys
+    residual: ClassVar[int] = GROUP  # the newest entries kept in full precision, at least
 
     @classmethod
     def format(cls, head_dim: int, group: int = GROUP) -> PackedFormat:

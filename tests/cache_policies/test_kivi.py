@@ -85,3 +85,17 @@ def test_kivi_takes_no_budget():
     make_config("kivi4")
     with pytest.raises(ValueError, match="takes no budget"):
         make_config("kivi4", 0.5)
+
+
+def test_chunkkv_kivi8_takes_a_budget_and_packs_as_kivi8():
+    from cache_policies.compress.kivi import KIVI8
+    from cache_policies.registry import policy_class
+
+    cls = policy_class("chunkkv_kivi8")
+    make_config("chunkkv_kivi8", 0.4)
+    assert cls.packs and cls.format(64) == KIVI8.format(64) and cls.residual == KIVI8.residual
+    keys, values = kv(0)
+    policy = cls(make_config("chunkkv_kivi8"))
+    fmt = cls.format(8, 16)
+    assert torch.equal(policy.pack(keys, values, fmt, 0, 0), pack_groups(keys, values, fmt))
+

@@ -33,10 +33,10 @@ def policy(name):
 
 
 @pytest.mark.parametrize("name", ["streaming", "snapkv", "h2o", "tova", "chunkkv",
-                                  "chunkkv-reach"])
+                                  "chunkkv-reach", "chunkkv_kivi8"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_evict_policy_keeps_what_its_paper_keeps(name, seed):
-    pol = policy(name.removesuffix("-reach"))
+    pol = policy(name.removesuffix("-reach"))  # chunkkv_kivi8 chooses as chunkkv
     params = {}
     if name.startswith("chunkkv"):  # the served chunk would cut the 40-token region in two
         pol.chunk = params["chunk"] = 8
