@@ -153,7 +153,8 @@ class PolicyScheduler(Scheduler):
             if length < request.num_prompt_tokens:
                 return None
             state.prefilled = True
-        elif live < (0 if cls.packs else state.budget) + self._recompress_every and not cls.retrieves:
+        elif (live < (0 if cls.packs else state.budget) + self._recompress_every
+              and not cls.retrieves):
             return None
         blocks = self._manager.req_to_blocks[request.request_id]
         last = (length - 1) // bs
@@ -237,7 +238,8 @@ class PolicyScheduler(Scheduler):
         blocks[pinned + len(packed):end] = [pool.null_block] * (end - pinned - len(packed))
         pool.free_blocks(reversed(sources))
         self._manager.num_cached_block[request.request_id] = sys.maxsize
-        state.front, state.tail_start, state.packed_groups = blocks[:pinned + len(packed)], end, groups
+        state.front, state.packed_groups = blocks[:pinned + len(packed)], groups
+        state.tail_start = end
         self._stats.add(state.config.name, compactions=1, tokens_before=len(sources) * bs,
                         tokens_kept=new_groups * bs, blocks_before=len(sources),
                         blocks_freed=len(sources) - need)

@@ -237,11 +237,9 @@ def test_quantized_kv_answers_as_the_full_cache(server, auth, needle_prompts):
     from cache_policies.registry import policy_class
 
     sample = needle_prompts[5]
-    assert sample.prompt_tokens % BLOCK, "the residual must differ from the partial block"
     [full] = run(server, auth, body(sample, salt=uuid.uuid4().hex))
     [kivi8] = run(server, auth, body(sample, {"name": "kivi8"}, salt=uuid.uuid4().hex))
     assert kivi8 == full
-    groups = (sample.prompt_tokens - 128) // BLOCK  # the blocks before the residual window
     block = BLOCK * 2 * 64 * 4  # bytes per KV head of one float32 block (conftest)
     for name in ("kivi4", "kivi4v3"):
         before = policy_counters(server, auth, name)
@@ -250,6 +248,9 @@ def test_quantized_kv_answers_as_the_full_cache(server, auth, needle_prompts):
         assert resp.json()["longserve"]["kv_policy"]["name"] == name
         assert sample.answers[0] in resp.json()["choices"][0]["message"]["content"], name
         after = policy_counters(server, auth, name)
+        prompt = resp.json()["usage"]["prompt_tokens"]  # with the chat template
+        assert prompt % BLOCK, "the residual window must differ from the partial block"
+        groups = (prompt - 128) // BLOCK  # the blocks before the residual window
         assert after["tokens_before"] - before["tokens_before"] == groups * BLOCK, name
         freed = after["blocks_freed"] - before["blocks_freed"]
         need = policy_class(name).format(64, BLOCK).blocks_for(groups, block)
@@ -263,11 +264,6 @@ def test_chunkkv_kivi8_packs_only_its_survivors(server, auth, needle_prompts):
     from cache_policies.registry import policy_class
 
     sample = needle_prompts[5]
-    groups = (sample.prompt_tokens - 128) // BLOCK
-    exact = sample.prompt_tokens - groups * BLOCK  # the residual window and the partial block
-    keep = round((math.ceil(0.4 * sample.prompt_tokens) - exact) / BLOCK)
-    assert 0 < keep < groups
-    block = BLOCK * 2 * 64 * 4  # bytes per KV head of one float32 block (conftest)
     before = policy_counters(server, auth, "chunkkv_kivi8")
     resp = httpx.post(server.url + "/v1/chat/completions", headers=auth, timeout=120,
                       json=body(sample, {"name": "chunkkv_kivi8", "budget": 0.4},
@@ -275,6 +271,12 @@ def test_chunkkv_kivi8_packs_only_its_survivors(server, auth, needle_prompts):
     assert resp.status_code == 200, resp.text
     assert sample.answers[0] in resp.json()["choices"][0]["message"]["content"]
     after = policy_counters(server, auth, "chunkkv_kivi8")
+    prompt = resp.json()["usage"]["prompt_tokens"]  # with the chat template
+    groups = (prompt - 128) // BLOCK
+    exact = prompt - groups * BLOCK  # the residual window and the partial block
+    keep = round((math.ceil(0.4 * prompt) - exact) / BLOCK)
+    assert 0 < keep < groups
+    block = BLOCK * 2 * 64 * 4  # bytes per KV head of one float32 block (conftest)
     assert after["tokens_before"] - before["tokens_before"] == groups * BLOCK
     assert after["tokens_kept"] - before["tokens_kept"] == keep * BLOCK
     need = policy_class("chunkkv_kivi8").format(64, BLOCK).blocks_for(keep, block)
