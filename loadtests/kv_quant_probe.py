@@ -12,9 +12,9 @@ the channels a per-channel range is fitted to; the keys are un-rotated with thei
 positions, as CSKV does, and rotated again after); `s`, the first group (the attention
 sinks) kept exact, as IntactKV argues; `r`, at least the last group's worth of entries
 kept exact (KIVI's residual window of recent tokens: the question and the answer's
-prefix stay in full precision instead of only the prompt's partial group). Reported against the full cache
-on the same prompts: identical outputs, token agreement, the task score, and the KV bytes
-per entry against bf16's 2 (scales and minimums included).
+prefix stay in full precision instead of only the prompt's partial group). Reported
+against the full cache on the same prompts: identical outputs, token agreement, the task
+score, and the KV bytes per entry against bf16's 2 (scales and minimums included).
 
     python -m loadtests.kv_quant_probe --tasks niah_multikey,niah_multivalue \\
         --length 2048 --samples 16 --variants k4v4,k4v4h,k4v3,k4v3p,k4v3ps

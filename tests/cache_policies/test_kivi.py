@@ -98,4 +98,3 @@ def test_chunkkv_kivi8_takes_a_budget_and_packs_as_kivi8():
     policy = cls(make_config("chunkkv_kivi8"))
     fmt = cls.format(8, 16)
     assert torch.equal(policy.pack(keys, values, fmt, 0, 0), pack_groups(keys, values, fmt))
-
