@@ -304,8 +304,7 @@ class PolicyRuntime:
         if c.keep:  # the first packing: nothing packed yet, every block after `pinned` in place
             keys, values = impl.read_blocks(layer, kv_cache, r.live[step.pinned:],
                                             r.length - step.pinned * bs)
-            window = min(r.policy.window, query.shape[0])
-            kept = r.policy.compress(PolicyInputs(keys, values, query[-window:].transpose(0, 1),
+            kept = r.policy.compress(PolicyInputs(keys, values, window_queries(r, query),
                                                   impl.scale, len(c.sources) * bs, c.keep))
             keys, values = kept.keys, kept.values
         else:
@@ -327,14 +326,13 @@ class PolicyRuntime:
         offset = r.length - length  # a shared prefix before the sources stays as it is
         blocks = torch.tensor(c.sources + (c.tail,), dtype=torch.long)
         keys, values = impl.read_blocks(layer, kv_cache, blocks, length)
-        window = min(r.policy.window, query.shape[0])
         received = self.accumulated.get(key)
         accumulated = None
         if received is not None:
             accumulated = received[:, offset:]
             if accumulated.shape[1] < length:
                 accumulated = torch.nn.functional.pad(accumulated, (0, length - accumulated.shape[1]))
-        x = PolicyInputs(keys, values, query[-window:].transpose(0, 1), impl.scale,
+        x = PolicyInputs(keys, values, window_queries(r, query), impl.scale,
                          region, len(c.targets) * bs, accumulated)
         kept = r.policy.compress(x) if x.keep else None
         if kept is not None:
@@ -345,6 +343,11 @@ class PolicyRuntime:
             if kept is not None:
                 survivors.insert(1, accumulated.gather(1, kept.indices))
             self.accumulated[key] = torch.cat(survivors, dim=1)
+
+
+def window_queries(r: _Row, query: torch.Tensor) -> torch.Tensor:
+    """The step's last `window` queries (all, if fewer), as PolicyInputs wants them."""
+    return query[-r.policy.window:].transpose(0, 1)
 
 
 def layer_index(layer) -> int:

@@ -167,7 +167,7 @@ class PolicyScheduler(Scheduler):
         pinned = state.pinned
         region = (state.front or blocks[:pinned])[pinned:] + blocks[state.tail_start or pinned:last]
         tail_tokens = length - last * bs
-        keep = max(0, round((state.budget - tail_tokens) / bs) - pinned)
+        keep = max(0, self._budget_blocks(state, tail_tokens))
         if keep >= len(region):
             return None
         pool = self._manager.block_pool
@@ -208,6 +208,11 @@ class PolicyScheduler(Scheduler):
         return Compaction(tuple(b.block_id for b in sources), blocks[last].block_id,
                           length - last * self._manager.block_size, (), start)
 
+    def _budget_blocks(self, state: _Request, exact: int) -> int:
+        """Whole blocks of survivors the budget leaves after `exact` entries that stay in
+        place and the pinned prefix."""
+        return round((state.budget - exact) / self._manager.block_size) - state.pinned
+
     def _plan_packing(self, request, state: _Request, blocks, last: int,
                       length: int) -> Compaction | None:
         """Quantize the full in-place blocks before `last` into the byte stream, except
@@ -222,8 +227,7 @@ class PolicyScheduler(Scheduler):
         fmt = state.cls.format(self._head_size, bs)
         new_groups = len(sources)
         if state.budget and not state.packed_groups:
-            new_groups = min(new_groups, max(1, round((state.budget - (length - end * bs)) / bs)
-                                             - pinned))
+            new_groups = min(new_groups, max(1, self._budget_blocks(state, length - end * bs)))
         groups = state.packed_groups + new_groups
         need = fmt.blocks_for(groups, self._head_block_bytes) - len(packed)
         if not sources or need >= len(sources):
