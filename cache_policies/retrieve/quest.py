@@ -47,7 +47,7 @@ def upper_bounds(query: torch.Tensor, summaries: torch.Tensor) -> torch.Tensor:
 class BlockRetriever(KVPolicy):
     """Base of decode-time page selection. `budget`: the share of the request's entries
     (a ratio) or the number of entries (tokens) each decode step attends to per KV head,
-    counted in whole pages, the block being written included."""
+    counted in whole pages (rounded down), the block being written included."""
 
     retrieves: ClassVar[bool] = True
     default_budget = 0.25
@@ -59,11 +59,13 @@ class BlockRetriever(KVPolicy):
     window: ClassVar[int] = 1
 
     def limit(self, total_pages: int) -> int:
-        """Pages attended per KV head, those of the block being written included."""
+        """Pages attended per KV head, those of the block being written included: the
+        whole pages the budget holds, so a step never attends more than its budget (the
+        sink, recent and written pages are attended even where they exceed it)."""
         budget = self.default_budget if self.config.budget is None else self.config.budget
         if isinstance(budget, float):
-            return max(1, math.ceil(budget * total_pages))
-        return max(1, -(-budget // self.page))
+            return max(1, math.floor(budget * total_pages))
+        return max(1, budget // self.page)
 
     def summarize(self, keys: torch.Tensor) -> torch.Tensor:
         """keys (kv_heads, n * page, dim) -> what `scores` reads of each page, made once
