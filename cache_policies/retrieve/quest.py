@@ -64,7 +64,8 @@ class BlockRetriever(KVPolicy):
         sink, recent and written pages are attended even where they exceed it)."""
         budget = self.default_budget if self.config.budget is None else self.config.budget
         if isinstance(budget, float):
-            return max(1, math.floor(budget * total_pages))
+            # rounded first: 0.29 * 100 is 28.999999999999996 in floats, and 29 pages fit
+            return max(1, math.floor(round(budget * total_pages, 9)))
         return max(1, budget // self.page)
 
     def summarize(self, keys: torch.Tensor) -> torch.Tensor:

@@ -75,6 +75,7 @@ def test_actqkv_cut_keeps_fewer_pages_when_attention_is_concentrated():
 def test_budget_counts_whole_pages():
     assert make_policy(make_config("quest", 0.25)).limit(40) == 10
     assert make_policy(make_config("quest", 0.25)).limit(129) == 32  # never over the budget
+    assert make_policy(make_config("quest", 0.29)).limit(100) == 29  # not 28: float error
     assert make_policy(make_config("quest", 300)).limit(40) == 18  # 300 tokens: 18 whole pages
 
 
