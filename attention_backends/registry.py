@@ -12,7 +12,7 @@ from __future__ import annotations
 # platform (vllm.platforms.current_platform.device_type) -> (enum member, our class)
 PLATFORM_BACKENDS: dict[str, tuple[str, str]] = {
     "cpu": ("CPU_ATTN", "attention_backends.sparse.cpu.SparseCPUBackend"),
-    "cuda": ("FLASH_ATTN", "attention_backends.policy_aware.cuda.PolicyAwareFlashAttnBackend"),
+    "cuda": ("FLASH_ATTN", "attention_backends.sparse.cuda.SparseFlashAttnBackend"),
 }
 
 

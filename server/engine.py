@@ -92,9 +92,8 @@ def vllm_namespace(settings: Settings, model: str, name: str, extra: list[str],
                        "model runs its matmuls emulated; on such a host --dtype float32 "
                        "prefilled 4k-7k-token prompts 2.0-2.4x faster (BENCHMARKS.md, issue 6)")
     if settings.attention == "sparse":
-        if not current_platform.is_cpu():
-            raise ValueError("--attention sparse runs on CPU engines only for now (its Triton "
-                             "kernels are not wired into the GPU backend)")
+        if not (current_platform.is_cpu() or current_platform.is_cuda()):
+            raise ValueError("--attention sparse runs on CPU and CUDA engines only")
         if args.kv_cache_dtype not in ("auto", None):
             raise ValueError("--attention sparse needs the KV cache in the model's dtype, not "
                              f"--kv-cache-dtype {args.kv_cache_dtype}")

@@ -188,6 +188,19 @@ def test_config_errors_say_what_is_wrong():
         SparseConfig(dense_layers=-1)
 
 
+@pytest.mark.parametrize("method,columns", [(m, 0) for m in METHODS] + [("vertical_slash", 8)])
+def test_scores_stay_on_the_queries_device(method, columns):
+    """On CUDA the scores run on the GPU: no host tensor may enter them. The meta device
+    stands in for it here (mixing a host tensor with a meta one raises, as with CUDA)."""
+    config = SparseConfig(method=method, density=0.3, block=BLOCK, sink=32, local=32,
+                          last_q=16, columns=columns)
+    q = torch.empty(350, HEADS, DIM, device="meta")
+    k = torch.empty(650, KV_HEADS, DIM, device="meta")
+    scores, found = make_estimator(config).scores(q, k, 300, 0.2)
+    assert scores.device.type == "meta" and scores.shape == (HEADS, 12, 21)
+    assert found is None or found.device.type == "meta"
+
+
 # --- the CPU fast path: vLLM's kernel with per-query-block block tables -----------------
 
 @pytest.mark.parametrize("method", METHODS)

@@ -330,7 +330,7 @@ def test_sparse_needs_the_model_kv_dtype():
 
 def test_workers_read_the_request_then_the_deployment_default(monkeypatch):
     from attention_backends.sparse.config import DEFAULT_ENV
-    from attention_backends.sparse.cpu import request_config
+    from attention_backends.sparse.plan import request_config
 
     monkeypatch.setenv(DEFAULT_ENV, '{"name": "sparse", "method": "lsh", "density": 0.4}')
     assert request_config(None).method == "lsh"  # a request that did not pass the server

@@ -19,9 +19,8 @@ import torch
 from vllm.v1.attention.backend import AttentionType
 
 from attention_backends.mfa import FIELDS, KIND, mode
-from attention_backends.policy_aware.cpu import (
-    PolicyAwareCPUImpl, attend_rows, rows_metadata,
-)
+from attention_backends.policy_aware.base import attend_rows
+from attention_backends.policy_aware.cpu import PolicyAwareCPUImpl, rows_metadata
 from cache_policies.stats import worker_stats
 from kernels.mfa_decode import cpu as mfa_cpu
 

@@ -79,6 +79,16 @@ class PolicyAwareImplMixin:
         raise NotImplementedError
 
 
+def attend_rows(attend, layer, query, key, value, kv_cache, md, tokens: torch.Tensor,
+                output: torch.Tensor) -> None:
+    """Run `attend` (an impl's `attend`, usually `super().attend`) on some of a batch's
+    tokens with their own metadata (the platform's, built for those rows alone) and write
+    the result into `output`."""
+    part = torch.empty_like(output[tokens])
+    attend(layer, query[tokens], key[tokens], value[tokens], kv_cache, md, part)
+    output[tokens] = part
+
+
 class PolicyAwareBuilderMixin:
     """Put first in the bases of a platform metadata builder: requests whose KV a policy
     compacted are shown to the kernel as their live blocks and live length."""

@@ -58,15 +58,6 @@ def rows_metadata(md: CPUAttentionMetadata, rows: list[int], *, num_heads: int,
     return sub, tokens
 
 
-def attend_rows(attend, layer, query, key, value, kv_cache, md, tokens: torch.Tensor,
-                output: torch.Tensor) -> None:
-    """Run `attend` (an impl's `attend`, usually `super().attend`) on some of a batch's
-    tokens with their own metadata (`rows_metadata`) and write the result into `output`."""
-    part = torch.empty_like(output[tokens])
-    attend(layer, query[tokens], key[tokens], value[tokens], kv_cache, md, part)
-    output[tokens] = part
-
-
 class PolicyAwareCPUImpl(PolicyAwareImplMixin, CPUAttentionBackendImpl):
     # A subclass rather than a wrapper object: vLLM's CPU metadata builder finds
     # sliding-window layers with isinstance(layer.impl, CPUAttentionBackendImpl).

@@ -14,59 +14,19 @@ run through the same kernel in one call, with scheduler metadata built for them 
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
-import os
-from dataclasses import dataclass
-
 import torch
 from vllm import _custom_ops as ops
 from vllm.v1.attention.backend import AttentionType
 
 from attention_backends.mfa.cpu import SharedKVDecodeImpl
+from attention_backends.policy_aware.base import attend_rows
 from attention_backends.policy_aware.cpu import (
-    PolicyAwareCPUBackend, PolicyAwareCPUBuilder, attend_rows, rows_metadata,
+    PolicyAwareCPUBackend, PolicyAwareCPUBuilder, rows_metadata,
 )
-from attention_backends.sparse.config import DEFAULT_ENV, SparseConfig
-from attention_backends.sparse.patterns import make_estimator
-from attention_backends.sparse.patterns.base import dense_pattern
-from attention_backends.sparse.stats import SPARSE_STATS
-from cache_policies.runtime import RUNTIME, layer_index
+from attention_backends.sparse.plan import (
+    SparseBatch, SparseRow, count_row, plan_rows, row_pattern,
+)
 from kernels.sparse_attention import SparsePattern
-
-
-@dataclass
-class SparseRow:
-    start: int  # the request's tokens in the batch: start..end-1
-    end: int
-    q_offset: int  # tokens before the chunk (cached prefix, earlier chunks)
-    table: torch.Tensor  # physical block ids of the request, in order
-    config: SparseConfig
-    ends_prompt: bool  # the chunk holds the prompt's last tokens
-
-
-@dataclass
-class SparseBatch:
-    rows: list[SparseRow]
-    dense: object | None  # CPUAttentionMetadata of the other requests, or None if none
-    dense_tokens: torch.Tensor | None  # their tokens' indices in the batch
-
-
-@functools.lru_cache(maxsize=256)
-def _parse(spec: str) -> SparseConfig | None:
-    values = json.loads(spec)
-    if not values or values.pop("name", "dense") != "sparse":
-        return None
-    return SparseConfig.from_dict(values)
-
-
-def request_config(extra_args: dict | None) -> SparseConfig | None:
-    """The request's sparse config (as the server filled it in), else the deployment's."""
-    applied = ((extra_args or {}).get("longserve") or {}).get("attention")
-    if applied is None:
-        return _parse(os.environ.get(DEFAULT_ENV, "{}"))
-    return _parse(json.dumps(applied, sort_keys=True))
 
 
 class SparseCPUBuilder(PolicyAwareCPUBuilder):
@@ -76,29 +36,13 @@ class SparseCPUBuilder(PolicyAwareCPUBuilder):
         return metadata
 
     def _plan(self, md) -> SparseBatch | None:
-        runner = RUNTIME.runner
-        if runner is None or not md.causal or self.window_size != -1:
+        if not md.causal or self.window_size != -1:
             return None
-        starts = md.query_start_loc.tolist()
-        seq_lens = md.seq_lens.tolist()
-        policy_rows = {r.row for r in RUNTIME.rows}
-        rows, dense = [], []
-        for row, req_id in enumerate(runner.input_batch.req_ids[: len(seq_lens)]):
-            start, end, n_keys = starts[row], starts[row + 1], seq_lens[row]
-            request = runner.requests.get(req_id)
-            if request is None or end - start < 2 or row in policy_rows:  # decode: no parse
-                dense.append(row)
-                continue
-            config = request_config(request.sampling_params.extra_args
-                                    if request.sampling_params else None)
-            if config is None or n_keys < config.min_len:
-                dense.append(row)
-                continue
-            config = dataclasses.replace(config, block=self.block_size)
-            rows.append(SparseRow(start, end, n_keys - (end - start), md.block_table[row], config,
-                                  n_keys >= request.num_prompt_tokens))
-        if not rows:
+        planned = plan_rows(md.query_start_loc.tolist(), md.seq_lens.tolist(), md.block_table,
+                            self.block_size)
+        if planned is None:
             return None
+        rows, dense = planned
         return SparseBatch(rows, *self._dense_part(md, dense))
 
     def _dense_part(self, md, dense: list[int]):
@@ -137,21 +81,13 @@ class SparseCPUImpl(SharedKVDecodeImpl):
 
     def _sparse_prefill(self, layer, query, key, kv_cache, row: SparseRow, output) -> None:
         q = query[row.start: row.end]
-        if layer_index(layer) < row.config.dense_layers:
-            pattern = dense_pattern(row.q_offset, row.end - row.start, self.num_kv_heads,
-                                    row.config.block)
-        else:
-            pattern = make_estimator(row.config).estimate(
-                q, self._keys(layer, key, kv_cache, row), row.q_offset, self.scale,
-                per_kv_head=True, dense_tail=row.config.last_q if row.ends_prompt else 0)
-        attended = paged_sparse_attention(
+        pattern = row_pattern(row, layer, q, lambda: self._keys(layer, key, kv_cache, row),
+                              self.scale, self.num_kv_heads)
+        paged_sparse_attention(
             q, kv_cache, row.table, pattern, self.scale, layer.isa, output[row.start: row.end],
             kv_cache_dtype=self.kv_cache_dtype, k_scale=layer._k_scale_float,
             v_scale=layer._v_scale_float)
-        n_q = row.end - row.start
-        causal = n_q * row.q_offset + n_q * (n_q + 1) // 2
-        SPARSE_STATS.add(row.config.method, chunks=1, tokens=n_q, pairs_attended=attended,
-                         pairs_causal=causal * self.num_heads)
+        count_row(row, pattern, self.num_heads)
 
 
 def paged_sparse_attention(q: torch.Tensor, kv_cache: torch.Tensor, table: torch.Tensor,
@@ -174,7 +110,6 @@ def paged_sparse_attention(q: torch.Tensor, kv_cache: torch.Tensor, table: torch
     q_last = (positions + block_size).clamp(max=pattern.q_offset + n_q) - 1
     lengths = q_last - q_first + 1
     query_start_loc = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).int()
-    attended = 0
     for h in range(kv_heads):
         chosen = pattern.blocks[h]  # (q_blocks, k) ascending, -1 pads last
         counts = (chosen >= 0).sum(1)
@@ -193,9 +128,7 @@ def paged_sparse_attention(q: torch.Tensor, kv_cache: torch.Tensor, table: torch
             scheduler_metadata=scheduler, s_aux=None, k_scale=k_scale, v_scale=v_scale,
             kv_cache_dtype=kv_cache_dtype)
         out[:, heads_of] = part
-        pairs = lengths * (seq_lens - lengths) + lengths * (lengths + 1) // 2
-        attended += group * int(pairs.sum())
-    return attended
+    return pattern.block_pairs(n_q) * group
 
 
 class SparseCPUBackend(PolicyAwareCPUBackend):

@@ -52,6 +52,18 @@ class SparsePattern:
         table.scatter_(2, index, True)
         return table[..., :-1]
 
+    def block_pairs(self, n_q: int) -> int:
+        """The query-key pairs the selected blocks hold for the chunk's queries, causality
+        applied, summed over heads (columns not counted): what a block kernel computes.
+        Each query block's own block is among its selected ones, and the others precede it."""
+        first = self.q_offset // self.block
+        starts = (first + torch.arange(self.blocks.shape[1])) * self.block
+        q_first = starts.clamp(min=self.q_offset)
+        q_last = (starts + self.block).clamp(max=self.q_offset + n_q) - 1
+        lengths = q_last - q_first + 1
+        keys = ((self.blocks >= 0).sum(2) - 1) * self.block + q_last % self.block + 1
+        return int((lengths * (keys - lengths) + lengths * (lengths + 1) // 2).sum())
+
     def mask(self, n_q: int) -> torch.Tensor:
         """(heads, n_q, n_keys) bool: the pairs computed, causality included."""
         n_keys = self.q_offset + n_q

@@ -75,15 +75,13 @@ def _fill_attention(request: LongserveFields, state) -> None:
         spec = AttentionSpec(name="sparse", **{**settings.sparse_config, **spec.params()})
         from vllm.platforms import current_platform
 
-        if not current_platform.is_cpu():
-            raise LongserveError(
-                "sparse attention runs on CPU engines only for now (its GPU Triton kernels "
-                "are tested at kernel level, not wired into the GPU backend); use dense",
-                param="attention")
+        if not (current_platform.is_cpu() or current_platform.is_cuda()):
+            raise LongserveError("sparse attention runs on CPU and CUDA engines only; use dense",
+                                 param="attention")
         if getattr(state.vllm_args, "kv_cache_dtype", "auto") not in ("auto", None):
             raise LongserveError("sparse attention needs the KV cache in the model's dtype "
                                  "(this server runs a quantized KV cache)", param="attention")
-        if spec.params().get("columns"):
+        if spec.params().get("columns") and current_platform.is_cpu():
             raise LongserveError("columns (single vertical key positions) need the Triton "
                                  "kernel; the CPU path attends verticals as whole KV blocks: "
                                  "set columns to 0", param="attention")

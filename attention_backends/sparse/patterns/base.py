@@ -30,7 +30,8 @@ def pool(x: torch.Tensor, block: int, offset: int = 0) -> torch.Tensor:
     lead = offset % block
     padded = torch.nn.functional.pad(x, (0, 0, lead, -(n + lead) % block))
     sums = padded.view(heads, -1, block, dim).sum(2)
-    counts = torch.ones(n + lead).index_fill_(0, torch.arange(lead), 0)
+    counts = torch.ones(n + lead, device=x.device)
+    counts[:lead] = 0
     counts = torch.nn.functional.pad(counts, (0, -(n + lead) % block)).view(-1, block).sum(1)
     return sums / counts[None, :, None]
 
@@ -64,9 +65,11 @@ class PatternEstimator:
         with `per_kv_head` one pattern per KV head, from its query heads' mean scores
         (kernels that read each KV block once for the whole group need that). The query
         blocks holding the chunk's last `dense_tail` queries attend to every causal block
-        (the end of a prompt: the question, and the queries that produce the answer)."""
+        (the end of a prompt: the question, and the queries that produce the answer).
+        `scores` runs on q's device; the selection, on block-level tensors, on the host."""
         block_scores, columns = self.scores(q, k, q_offset, scale)
-        block_scores = block_scores.float()
+        block_scores = block_scores.float().cpu()
+        columns = None if columns is None else columns.cpu()
         if self.config.mass > 0:  # select on shares, which average over a KV head's group
             _, lasts = query_blocks(q_offset, q.shape[0], self.config.block)
             causal = causal_blocks(lasts // self.config.block, block_scores.shape[2])

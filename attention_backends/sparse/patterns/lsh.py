@@ -15,7 +15,7 @@ SEED = 20240617
 def simhash(x: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
     """x (..., dim), planes (tables, bits, dim) -> bucket ids (tables, ...) int64."""
     signs = torch.einsum("...d,tbd->t...b", x, planes) > 0
-    weights = 2 ** torch.arange(planes.shape[1])
+    weights = 2 ** torch.arange(planes.shape[1], device=x.device)
     return (signs.long() * weights).sum(-1)
 
 
@@ -26,9 +26,10 @@ def block_histograms(buckets: torch.Tensor, block: int, n_buckets: int,
     tables, heads, n = buckets.shape
     first = offset // block
     blocks = (offset + n - 1) // block - first + 1
-    index = ((offset + torch.arange(n)) // block - first) * n_buckets + buckets
-    out = torch.zeros(tables, heads, blocks * n_buckets)
-    out.scatter_add_(2, index, torch.ones(buckets.shape))
+    positions = offset + torch.arange(n, device=buckets.device)
+    index = (positions // block - first) * n_buckets + buckets
+    out = torch.zeros(tables, heads, blocks * n_buckets, device=buckets.device)
+    out.scatter_add_(2, index, torch.ones(buckets.shape, device=buckets.device))
     return out.view(tables, heads, blocks, n_buckets)
 
 
@@ -36,7 +37,7 @@ class LSH(PatternEstimator):
     def scores(self, q, k, q_offset, scale):
         cfg = self.config
         generator = torch.Generator().manual_seed(SEED)
-        planes = torch.randn(cfg.tables, cfg.bits, q.shape[2], generator=generator)
+        planes = torch.randn(cfg.tables, cfg.bits, q.shape[2], generator=generator).to(q.device)
         keys = k.transpose(0, 1).float()
         keys = keys - keys.mean(1, keepdim=True)
         n_buckets = 2 ** cfg.bits
