@@ -54,11 +54,12 @@ def request_config(extra_args: dict | None) -> SparseConfig | None:
 
 
 def plan_rows(starts: list[int], seq_lens: list[int], block_table: torch.Tensor,
-              block_size: int) -> tuple[list[SparseRow], list[int]] | None:
+              pattern_block: int) -> tuple[list[SparseRow], list[int]] | None:
     """The batch's sparse rows (prefill chunks of requests whose config asks for sparse,
     over `min_len`, not under a KV policy) and the indices of the other rows; None when
     no row is sparse. `starts` is query_start_loc, `seq_lens` each row's keys (exact for
-    prefill rows), both on the host."""
+    prefill rows), both on the host; `pattern_block` the tokens per pattern block (on CPU
+    the cache's block, on CUDA `cuda.PATTERN_BLOCK`)."""
     runner = RUNTIME.runner
     if runner is None:
         return None
@@ -75,7 +76,7 @@ def plan_rows(starts: list[int], seq_lens: list[int], block_table: torch.Tensor,
         if config is None or n_keys < config.min_len:
             dense.append(row)
             continue
-        config = dataclasses.replace(config, block=block_size)
+        config = dataclasses.replace(config, block=pattern_block)
         rows.append(SparseRow(start, end, n_keys - (end - start), block_table[row], config,
                               n_keys >= request.num_prompt_tokens))
     return (rows, dense) if rows else None
