@@ -19,12 +19,11 @@ from vllm import _custom_ops as ops
 from vllm.v1.attention.backend import AttentionType
 
 from attention_backends.mfa.cpu import SharedKVDecodeImpl
-from attention_backends.policy_aware.base import attend_rows
 from attention_backends.policy_aware.cpu import (
     PolicyAwareCPUBackend, PolicyAwareCPUBuilder, rows_metadata,
 )
 from attention_backends.sparse.plan import (
-    SparseBatch, SparseRow, count_row, plan_rows, row_pattern,
+    SparseAttendMixin, SparseBatch, SparseRow, count_row, plan_rows, row_pattern,
 )
 from kernels.sparse_attention import SparsePattern
 
@@ -53,21 +52,10 @@ class SparseCPUBuilder(PolicyAwareCPUBuilder):
                              dtype=self.dtype, isa=self.isa, kv_cache_dtype=self.kv_cache_dtype)
 
 
-class SparseCPUImpl(SharedKVDecodeImpl):
-    def attend(self, layer, query, key, value, kv_cache, attn_metadata, output,
-               output_scale=None, output_block_scale=None):
-        batch = getattr(attn_metadata, "sparse", None)
-        plain = (self.attn_type == AttentionType.DECODER and self.alibi_slopes is None
-                 and not self.logits_soft_cap and self.sinks is None and not self.is_fp8_kv_cache)
-        if batch is None or not plain:
-            return super().attend(layer, query, key, value, kv_cache, attn_metadata, output,
-                                  output_scale, output_block_scale)
-        if batch.dense is not None:
-            attend_rows(super().attend, layer, query, key, value, kv_cache, batch.dense,
-                        batch.dense_tokens, output)
-        for row in batch.rows:
-            self._sparse_prefill(layer, query, key, kv_cache, row, output)
-        return output
+class SparseCPUImpl(SparseAttendMixin, SharedKVDecodeImpl):
+    def sparse_covers(self, output_scale) -> bool:
+        return (self.attn_type == AttentionType.DECODER and self.alibi_slopes is None
+                and not self.logits_soft_cap and self.sinks is None and not self.is_fp8_kv_cache)
 
     def _keys(self, layer, key, kv_cache, row: SparseRow) -> torch.Tensor:
         """(n_keys, kv_heads, dim): the cached prefix read back, then the chunk's keys."""
@@ -79,7 +67,7 @@ class SparseCPUImpl(SharedKVDecodeImpl):
                                      row.q_offset)
         return torch.cat([prefix.transpose(0, 1).to(chunk.dtype), chunk])
 
-    def _sparse_prefill(self, layer, query, key, kv_cache, row: SparseRow, output) -> None:
+    def attend_sparse(self, layer, query, key, kv_cache, row: SparseRow, output) -> None:
         q = query[row.start: row.end]
         pattern = row_pattern(row, layer, q, lambda: self._keys(layer, key, kv_cache, row),
                               self.scale, self.num_kv_heads)

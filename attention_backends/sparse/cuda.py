@@ -21,12 +21,13 @@ import itertools
 import torch
 from vllm.v1.attention.backend import AttentionType
 
-from attention_backends.policy_aware.base import attend_rows
 from attention_backends.policy_aware.cuda import (
     PolicyAwareFlashAttnBackend, PolicyAwareFlashAttnBuilder, PolicyAwareFlashAttnImpl,
     flash_views,
 )
-from attention_backends.sparse.plan import SparseBatch, SparseRow, count_row, plan_rows, row_pattern
+from attention_backends.sparse.plan import (
+    SparseAttendMixin, SparseBatch, SparseRow, count_row, plan_rows, row_pattern,
+)
 from kernels.paged_gather.triton import paged_gather
 from kernels.sparse_attention.triton import sparse_attention
 
@@ -79,29 +80,17 @@ def _power_of_two(n: int) -> bool:
     return n >= 16 and not n & (n - 1)
 
 
-class SparseFlashAttnImpl(PolicyAwareFlashAttnImpl):
-    def attend(self, layer, query, key, value, kv_cache, attn_metadata, output,
-               output_scale=None, output_block_scale=None):
-        batch = getattr(attn_metadata, "sparse", None)
-        plain = (self.attn_type == AttentionType.DECODER and self.alibi_slopes is None
-                 and not self.logits_soft_cap and self.sinks is None
-                 and tuple(self.sliding_window) == (-1, -1)
-                 and not str(self.kv_cache_dtype).startswith("fp8")
-                 and getattr(self, "dcp_world_size", 1) == 1 and _power_of_two(self.head_size)
-                 and output_scale is None)
-        if batch is None or not plain:
-            return super().attend(layer, query, key, value, kv_cache, attn_metadata, output,
-                                  output_scale, output_block_scale)
-        if batch.dense is not None:
-            attend_rows(super().attend, layer, query, key, value, kv_cache, batch.dense,
-                        batch.dense_tokens, output)
-        key_cache, value_cache = flash_views(kv_cache, self.head_size)
-        for row in batch.rows:
-            self._sparse_prefill(layer, query, key_cache, value_cache, row, output)
-        return output
+class SparseFlashAttnImpl(SparseAttendMixin, PolicyAwareFlashAttnImpl):
+    def sparse_covers(self, output_scale) -> bool:
+        return (self.attn_type == AttentionType.DECODER and self.alibi_slopes is None
+                and not self.logits_soft_cap and self.sinks is None
+                and tuple(self.sliding_window) == (-1, -1)
+                and not str(self.kv_cache_dtype).startswith("fp8")
+                and getattr(self, "dcp_world_size", 1) == 1 and _power_of_two(self.head_size)
+                and output_scale is None)
 
-    def _sparse_prefill(self, layer, query, key_cache, value_cache, row: SparseRow,
-                        output) -> None:
+    def attend_sparse(self, layer, query, key, kv_cache, row: SparseRow, output) -> None:
+        key_cache, value_cache = flash_views(kv_cache, self.head_size)
         q = query[row.start: row.end]
         n_keys = row.q_offset + q.shape[0]
         keys = paged_gather(key_cache, row.table, n_keys)  # the chunk's own are cached too

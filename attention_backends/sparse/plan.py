@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from attention_backends.policy_aware.base import attend_rows
 from attention_backends.sparse.config import DEFAULT_ENV, SparseConfig
 from attention_backends.sparse.patterns import make_estimator
 from attention_backends.sparse.patterns.base import dense_pattern
@@ -104,3 +105,28 @@ def count_row(row: SparseRow, pattern: SparsePattern, heads: int) -> None:
     SPARSE_STATS.add(row.config.method, chunks=1, tokens=n_q,
                      pairs_attended=pattern.block_pairs(n_q) * (heads // pattern.heads),
                      pairs_causal=causal * heads)
+
+
+class SparseAttendMixin:
+    """Put first in a platform impl's bases: a batch with sparse rows runs its other rows
+    through the platform kernel (metadata of their own) and each sparse row through
+    `attend_sparse`. The impl says which layers the sparse path covers (`sparse_covers`)."""
+
+    def sparse_covers(self, output_scale) -> bool:
+        raise NotImplementedError
+
+    def attend_sparse(self, layer, query, key, kv_cache, row: SparseRow, output) -> None:
+        raise NotImplementedError
+
+    def attend(self, layer, query, key, value, kv_cache, attn_metadata, output,
+               output_scale=None, output_block_scale=None):
+        batch = getattr(attn_metadata, "sparse", None)
+        if batch is None or not self.sparse_covers(output_scale):
+            return super().attend(layer, query, key, value, kv_cache,  # type: ignore[misc]
+                                  attn_metadata, output, output_scale, output_block_scale)
+        if batch.dense is not None:
+            attend_rows(super().attend, layer, query, key, value, kv_cache,  # type: ignore[misc]
+                        batch.dense, batch.dense_tokens, output)
+        for row in batch.rows:
+            self.attend_sparse(layer, query, key, kv_cache, row, output)
+        return output
