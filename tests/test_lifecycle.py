@@ -59,10 +59,15 @@ def test_engine_death_makes_ready_false_and_exits_nonzero(tmp_path):
 
 def test_sigterm_drains_requests_in_flight_then_exits_zero(tmp_path):
     """Readiness goes false and new requests get 503 at once; the streams in flight run
-    to their last token; then the process exits 0."""
+    to their last token; then the process exits 0.
+
+    The streams are long (480 tokens, several seconds of decode) so that on a loaded
+    2-core host, where the engine's threads hold both cores, the checks after SIGTERM
+    still land while they run; the test asserts that they did."""
     import json
     import threading
 
+    tokens_each = 480
     srv = longserve_eager(tmp_path / "longserve.log", "--max-model-len", "1024",
                           "--kv-cache-memory", "256MiB", "--drain-seconds", "120").start()
     try:
@@ -73,7 +78,7 @@ def test_sigterm_drains_requests_in_flight_then_exits_zero(tmp_path):
             tokens, done, first = 0, False, True
             with httpx.stream("POST", srv.url + "/v1/chat/completions", timeout=300, json={
                     "messages": [{"role": "user", "content": f"Story number {i}."}],
-                    "max_tokens": 160, "ignore_eos": True, "stream": True,
+                    "max_tokens": tokens_each, "ignore_eos": True, "stream": True,
                     "stream_options": {"include_usage": True}}) as resp:
                 for line in resp.iter_lines():
                     if line == "data: [DONE]":
@@ -90,19 +95,26 @@ def test_sigterm_drains_requests_in_flight_then_exits_zero(tmp_path):
         for t in threads:
             t.start()
         started.wait()  # both streams are under way
-        srv.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while (ready := httpx.get(srv.url + "/ready", timeout=5)).status_code == 200:
-            assert time.monotonic() < deadline, "still ready after SIGTERM"
-            time.sleep(0.05)
-        assert ready.json()["status"] == "draining"
-        late = httpx.post(srv.url + "/v1/chat/completions", timeout=30, json={
-            "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+        with httpx.Client(base_url=srv.url, timeout=30) as http:
+            sent = time.monotonic()
+            srv.proc.send_signal(signal.SIGTERM)
+            while (ready := http.get("/ready")).status_code == 200:
+                assert time.monotonic() < sent + 10, "still ready 10 s after SIGTERM"
+                time.sleep(0.05)
+            assert ready.json()["status"] == "draining"
+            try:
+                late = http.post("/v1/chat/completions", json={
+                    "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+            except httpx.TransportError as exc:
+                raise AssertionError(
+                    f"{exc!r} {time.monotonic() - sent:.1f} s after SIGTERM, streams "
+                    f"finished: {streams}\n{srv.log_tail()}") from exc
+        assert not streams, "the streams ended before the late request was answered"
         assert late.status_code == 503 and late.headers["retry-after"] == "1"
         assert "draining" in late.json()["error"]["message"]
         for t in threads:
             t.join(300)
-        assert streams == [(160, True), (160, True)]  # nothing lost
+        assert streams == [(tokens_each, True)] * 2, srv.log_tail()  # nothing lost
         assert srv.proc.wait(60) == 0
     finally:
         srv.stop()
