@@ -88,8 +88,12 @@ async def run_sparse(url: str, model: str, samples: list[Sample], runs: list[Att
 
     client = AsyncOpenAI(base_url=url.rstrip("/") + "/v1", api_key=api_key or "none",
                          max_retries=0, timeout=3600)
+    # The counters are read once per request, several seconds apart: a connection idle
+    # that long is one uvicorn may be closing (its keep-alive is 5 s, as httpx's), and a
+    # read sent on it fails. Reuse one only within a second.
     http = httpx.AsyncClient(base_url=url.rstrip("/"), timeout=60, headers=(
-        {"Authorization": f"Bearer {api_key}"} if api_key else {}))
+        {"Authorization": f"Bearer {api_key}"} if api_key else {}),
+        limits=httpx.Limits(keepalive_expiry=1.0))
     records: dict[str, list[dict]] = {run.label: [] for run in runs}
     try:
         with tqdm(total=len(samples) * len(runs), desc="sparse", unit="request",
