@@ -31,7 +31,9 @@ class SparseConfig:
     density: float = 0.2
     mass: float = 0.0  # 0: off; else the estimated attention share each head must keep
     min_len: int = 3072  # tokens in the sequence (prefix + chunk); shorter runs dense
-    dense_layers: int = 0  # the first decoder layers, which attend densely
+    # the first decoder layers attend densely: their attention is the least concentrated;
+    # 2 keeps 4k prompts at dense quality (BENCHMARKS.md, issue 6, section 8)
+    dense_layers: int = 2
     block: int = 128  # tokens per query and key block; engines use their KV cache block
     sink: int = 64  # first tokens every query attends to (attention sinks)
     local: int = 512  # tokens before a query block that it always attends to
