@@ -109,7 +109,7 @@ def test_sigterm_drains_requests_in_flight_then_exits_zero(tmp_path):
                 raise AssertionError(
                     f"{exc!r} {time.monotonic() - sent:.1f} s after SIGTERM, streams "
                     f"finished: {streams}\n{srv.log_tail()}") from exc
-        assert not streams, "the streams ended before the late request was answered"
+            assert not streams, "the streams ended before the late request was answered"
         assert late.status_code == 503 and late.headers["retry-after"] == "1"
         assert "draining" in late.json()["error"]["message"]
         for t in threads:
